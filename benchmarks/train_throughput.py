@@ -1,0 +1,101 @@
+"""Training throughput: emotune vs the plain Transformers Trainer + PEFT recipe.
+
+Same data slice (Emotion train), same model (MiniLM), same batch size, same number of steps,
+dynamic padding on both sides; several repetitions in one process, median samples/s and the ratio.
+
+    python benchmarks/train_throughput.py --data-dir ../shared/data [--steps 100 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def emotune_run(method: str, texts, labels, args) -> float:
+    from emotune.config import RunConfig
+    from emotune.data.encode import Encoded, encode
+    from emotune.runs import build_model
+    from emotune.train.loop import Trainer
+
+    cfg = RunConfig()
+    cfg.method = {"name": method}
+    cfg.train.batch_size, cfg.train.max_steps = args.batch_size, args.steps
+    cfg.train.eval_every, cfg.train.checkpoint, cfg.train.precision = 10**9, False, args.precision
+    model, tok, m = build_model(cfg, 6)
+    enc = Encoded(encode(tok, texts, 128), labels)
+    small_val = Encoded(enc.ids[:16], enc.labels[:16])  # the one evaluation at the end: negligible
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model, enc, small_val, [str(i) for i in range(6)], cfg.train, Path(out), lr=m.lr,
+                          warmup_ratio=m.warmup_ratio, pad_id=tok.pad_token_id, progress=False)
+        t0 = time.perf_counter()
+        trainer.fit()
+        return args.steps * args.batch_size / (time.perf_counter() - t0)
+
+
+def hf_run(method: str, texts, labels, args) -> float:
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    from emotune.models import resolve_model_path
+
+    path = resolve_model_path("minilm")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=6)
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=["query", "key", "value"]))
+    ds = Dataset.from_dict({"text": texts, "label": labels}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"])
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch_size,
+                                  max_steps=args.steps, learning_rate=5e-5 if method == "full" else 3e-4,
+                                  adam_beta2=0.99, save_strategy="no", eval_strategy="no", report_to=[],
+                                  logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=DataCollatorWithPadding(tok))
+        t0 = time.perf_counter()
+        trainer.train()
+        return args.steps * args.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--samples", type=int, default=4000, help="Training examples the steps draw from.")
+    p.add_argument("--precision", default="auto", help="emotune's precision (auto, bf16, fp32).")
+    p.add_argument("--methods", default="full,lora")
+    args = p.parse_args()
+
+    from emotune.config import DataConfig
+    from emotune.data import load_data
+
+    data = load_data(DataConfig(name="emotion", data_dir=args.data_dir, max_train_samples=args.samples))
+    texts, labels = data["train"].texts, data["train"].labels
+    print(f"{len(texts)} Emotion training texts, batch {args.batch_size}, {args.steps} steps, "
+          f"{torch.get_num_threads()} threads, emotune precision {args.precision}")
+    rows = []
+    for method in args.methods.split(","):
+        ours, theirs = [], []
+        for r in range(args.repeats):  # interleaved, so drifts in machine load hit both sides alike
+            theirs.append(hf_run(method, texts, labels, args))
+            ours.append(emotune_run(method, texts, labels, args))
+            print(f"  {method} repeat {r + 1}: Trainer+PEFT {theirs[-1]:.1f} samples/s, emotune {ours[-1]:.1f}")
+        rows.append((method, statistics.median(theirs), statistics.median(ours)))
+    print(f"\n| method | Trainer+PEFT samples/s | emotune samples/s | ratio |\n|---|---|---|---|")
+    for method, t, o in rows:
+        print(f"| {method} | {t:.1f} | {o:.1f} | {o / t:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""emotune: train, compare and serve emotion and sentiment classifiers."""
+
+import warnings
+
+__version__ = "0.1.0"
+
+# Deprecation chatter from dependencies says nothing to an emotune user.
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+from .api import Predictor, evaluate, list_runs, predict, train  # noqa: E402
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+
+__all__ = ["DataConfig", "ModelConfig", "Predictor", "RunConfig", "TrainConfig", "evaluate", "list_runs",
+           "predict", "train"]

@@ -1,0 +1,169 @@
+"""The library API the CLI wraps: train, evaluate, predict, list runs. Plain functions a notebook calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .config import RunConfig
+from .data import load_data
+from .data.encode import Encoded, encode
+from .errors import DataError, RunError
+from .io import write_json, write_text
+from .runs import CONFIG, LABELS, RUN_FILES, Run, build_model, find_runs, write_predictions
+from .train.loop import CHECKPOINT, Trainer, TrainResult, evaluate_classifier, predict_logits, resolve_device
+from .train.precision import resolve_precision
+
+
+def _prepare_out_dir(cfg: RunConfig, out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a finished run; resume an interrupted one only with the same config."""
+    if not out.exists():
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for p in out.glob("predictions_*.csv"):
+            p.unlink()
+        return
+    if (out / CONFIG).exists():
+        run = Run.open(out) if (out / LABELS).exists() else None
+        if run is not None and run.complete:
+            raise RunError(f"{out}: a finished run is already there; choose another --out or pass --overwrite")
+        if (out / CHECKPOINT).exists():
+            saved = RunConfig.from_yaml(out / CONFIG)
+            if saved.to_dict() != cfg.to_dict():
+                raise RunError(f"{out}: holds an interrupted run with a different configuration; "
+                               "pass --overwrite to start afresh")
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill the method's default learning rate and warm-up into the config that gets saved."""
+    from .methods import METHODS
+
+    method = METHODS.get(cfg.method.get("name", ""))
+    method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
+    resolved = RunConfig.from_dict(cfg.to_dict())
+    if resolved.train.lr is None:
+        resolved.train.lr = method.lr
+    if resolved.data.data_dir:  # absolute, so `evaluate` works from any folder
+        resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
+    if resolved.train.warmup_ratio is None:
+        resolved.train.warmup_ratio = method.warmup_ratio
+    return resolved
+
+
+def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+          on_step: Callable[[int], bool] | None = None) -> dict:
+    """Train one run into the folder ``out`` (resuming it if it was interrupted); return its metrics."""
+    out = Path(out)
+    cfg = resolve_config(cfg)
+    _prepare_out_dir(cfg, out, overwrite)
+    data = load_data(cfg.data, cfg.train.seed)
+    train_split, val_split = data["train"], data["validation"]
+    model, tokenizer, _ = build_model(cfg, len(data.label_names))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG, cfg.to_yaml())
+    write_json(out / LABELS, data.label_names)
+    enc_train = Encoded(encode(tokenizer, train_split.texts, cfg.data.max_length), train_split.labels)
+    enc_val = Encoded(encode(tokenizer, val_split.texts, cfg.data.max_length), val_split.labels)
+    assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
+    trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
+                      warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
+                      progress=progress, on_step=on_step)
+    result: TrainResult = trainer.fit()
+    # The best weights are back in the model: keep its validation predictions (reload checks use them).
+    _, logits = evaluate_classifier(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
+                                    trainer.device, tokenizer.pad_token_id or 0, trainer.dtype)
+    write_predictions(out / "predictions_validation.csv", val_split.texts, val_split.labels,
+                      torch.softmax(logits, -1), data.label_names)
+    return Run.open(out).update_metrics(
+        completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
+        train=result.summary, validation=result.best_metrics)
+
+
+class Predictor:
+    """A trained run loaded for prediction: ``Predictor(run_dir).predict(["text", ...])``."""
+
+    def __init__(self, run: str | Path | Run, *, precision: str | None = None, device: str = "cpu",
+                 batch_size: int = 64, threads: int | None = None):
+        self.run = run if isinstance(run, Run) else Run.open(run)
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision or self.run.config.train.precision, self.device)
+        model, self.tokenizer = self.run.load_model()
+        # bf16 runs keep bf16 weights (as in training), so predictions match the trained model's.
+        self.model = model.to(self.device, self.dtype if self.dtype == torch.bfloat16 else None).eval()
+        self.labels = self.run.labels
+        self.batch_size = batch_size
+        self.max_length = self.run.config.data.max_length
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        enc = Encoded(encode(self.tokenizer, texts, self.max_length), [0] * len(texts))
+        return predict_logits(self.model, enc, self.batch_size, self.device, self.pad_id, self.dtype)
+
+    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, len(self.labels))
+        return torch.softmax(self.logits(texts), -1)
+
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """Per text: the predicted label and every class's probability."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"text {i + 1} is empty")
+        probs = self.probabilities(texts)
+        return [{"text": t, "label": self.labels[int(p.argmax())],
+                 "probabilities": {name: float(v) for name, v in zip(self.labels, p.tolist())}}
+                for t, p in zip(texts, probs)]
+
+
+def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None,
+             precision: str | None = None) -> dict:
+    """Evaluate a finished run on a split of its data set; saves metrics and predictions."""
+    run = Run.open(run_dir)
+    if not run.complete:
+        raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+    data_cfg = run.config.data
+    if data_dir:
+        data_cfg.data_dir = data_dir
+    data = load_data(data_cfg, run.config.train.seed)
+    part = data[split]
+    if data.label_names != run.labels:
+        raise DataError(f"the data's labels {data.label_names} differ from the run's {run.labels}")
+    predictor = Predictor(run, precision=precision, batch_size=run.config.train.eval_batch_size)
+    enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
+    metrics, logits = evaluate_classifier(predictor.model, enc, run.labels, predictor.batch_size,
+                                          predictor.device, predictor.pad_id, predictor.dtype)
+    write_predictions(run.path / f"predictions_{split}.csv", part.texts, part.labels,
+                      torch.softmax(logits, -1), run.labels)
+    run.update_metrics(**{split: metrics})
+    return metrics
+
+
+def predict(run_dir: str | Path, texts: Sequence[str], **kw) -> list[dict]:
+    """Predict labels (and all class probabilities) for texts with a trained run."""
+    return Predictor(run_dir, **kw).predict(texts)
+
+
+def list_runs(root: str | Path = "runs") -> list[dict]:
+    """One summary row per run folder below ``root``."""
+    rows = []
+    for run in find_runs(root):
+        m = run.metrics
+        rows.append({"run": str(run.path), "status": run.status(), "data": run.config.data.name,
+                     "model": run.config.model.name, "method": run.config.method.get("name"),
+                     "val_accuracy": m.get("validation", {}).get("accuracy"),
+                     "val_f1_weighted": m.get("validation", {}).get("f1_weighted"),
+                     "test_accuracy": m.get("test", {}).get("accuracy"),
+                     "test_f1_weighted": m.get("test", {}).get("f1_weighted"),
+                     "runtime_s": m.get("train", {}).get("runtime_s"),
+                     "trainable_pct": m.get("train", {}).get("trainable_pct")})
+    return rows
+
+
+__all__ = ["Predictor", "evaluate", "list_runs", "predict", "resolve_config", "train"]

@@ -1,0 +1,153 @@
+"""Run configuration: dataclasses with a help text per field, loadable from YAML and
+overridable with ``section.field=value`` strings (the CLI's ``--set``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on and how to read it."""
+
+    name: str = _f("emotion", "A registered data set (`emotune datasets`), a CSV/TSV/JSONL file or a "
+                              "folder of split files, or a Hugging Face hub id.")
+    data_dir: str | None = _f(None, "Local root holding one folder per named data set (emotion/, mr/...). "
+                                    "Defaults to $EMOTUNE_DATA_DIR; if neither is set, named data sets "
+                                    "load from the Hugging Face hub.")
+    text_column: str = _f("text", "Column holding the text (CSV/TSV/JSONL/hub data).")
+    label_column: str = _f("label", "Column holding the label (CSV/TSV/JSONL/hub data).")
+    max_train_samples: int | None = _f(None, "Use only the first N training examples (after a seeded shuffle).")
+    max_eval_samples: int | None = _f(None, "Use only the first N validation and test examples "
+                                            "(after a seeded shuffle).")
+    max_length: int = _f(128, "Truncate texts to this many tokens.")
+
+
+@dataclass
+class ModelConfig:
+    """The network that reads the text."""
+
+    name: str = _f("minilm", "Encoder: an alias (`minilm` = the pip-shipped all-MiniLM-L6-v2), a local "
+                             "folder or any Hugging Face model id.")
+    pooling: str = _f("mean", "How token vectors become one sentence vector: `mean` (masked average, what "
+                              "sentence encoders such as MiniLM were trained with), `cls` (first token) or "
+                              "`pooler` (first token through the encoder's pretrained dense+tanh pooler, as in "
+                              "BertForSequenceClassification).")
+    dropout: float = _f(0.1, "Dropout before the classification layer.")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    lr: float | None = _f(None, "Peak learning rate; None takes the method's default "
+                                "(`emotune methods` lists them).")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights).")
+    betas: list[float] = _f([0.9, 0.99], "AdamW betas.")
+    max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; None disables clipping.")
+    warmup_ratio: float | None = _f(None, "Fraction of the planned steps spent warming the learning rate up "
+                                          "linearly; None takes the method's default.")
+    batch_size: int = _f(16, "Training batch size.")
+    eval_batch_size: int = _f(64, "Batch size for evaluation and prediction.")
+    eval_every: int = _f(250, "Evaluate on the validation split every N optimisation steps (and at the "
+                              "end of each epoch).")
+    metric: str = _f("accuracy", "Validation metric that picks the best checkpoint and drives early stopping "
+                                 "(accuracy, f1_weighted, f1_macro, recall_macro or loss).")
+    patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
+                                 "None disables early stopping.")
+    max_epochs: float = _f(10, "Upper bound on passes over the training data.")
+    max_steps: int | None = _f(None, "Upper bound on optimisation steps (overrides max_epochs when smaller).")
+    seed: int = _f(42, "Seed for shuffling, dropout and initialisation.")
+    precision: str = _f("auto", "`fp32`, `bf16` (bfloat16 weights and float32 master weights in the "
+                                "optimizer), `fp16` (CUDA autocast) or `auto` (bf16 where the CPU/GPU multiplies "
+                                "bfloat16 natively, fp16 on older GPUs, else fp32).")
+    threads: int | None = _f(None, "CPU threads for PyTorch; None uses every core.")
+    group_by_length: bool = _f(True, "Batch texts of similar length together (shuffled in chunks) to cut "
+                                     "padding.")
+    checkpoint: bool = _f(True, "Save a resumable checkpoint at every evaluation.")
+    device: str = _f("auto", "`cpu`, `cuda`, `cuda:N` or `auto`.")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as config.yaml in the run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"},
+                                   metadata={"help": "Fine-tuning method and its options, e.g. "
+                                                     "{name: lora, r: 8, target: attention}."})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "RunConfig":
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        method = d.get("method", {"name": "lora"})
+        if isinstance(method, str):
+            method = {"name": method}
+        return cls(
+            data=_build(DataConfig, d.get("data"), "data"),
+            model=_build(ModelConfig, d.get("model"), "model"),
+            method=dict(method),
+            train=_build(TrainConfig, d.get("train"), "train"),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        try:
+            return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def override(self, assignments: list[str]) -> "RunConfig":
+        """Return a copy with ``section.field=value`` assignments applied (values parsed as YAML)."""
+        d = self.to_dict()
+        for a in assignments:
+            key, sep, raw = a.partition("=")
+            if not sep or "." not in key:
+                raise ConfigError(f"bad override {a!r}: expected section.field=value, e.g. train.lr=1e-3")
+            section, name = key.strip().split(".", 1)
+            if section not in d:
+                raise ConfigError(f"bad override {a!r}: unknown section {section!r}")
+            d[section][name] = yaml.safe_load(raw)
+        return RunConfig.from_dict(d)
+
+
+def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown {section} option(s): {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(names))})")
+    return cls(**values)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> help text, for docs and `--help`."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

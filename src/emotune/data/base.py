@@ -1,0 +1,129 @@
+"""Data set containers, the data-set registry and the loader that resolves a DataConfig."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..registry import Registry
+
+SPLITS = ("train", "validation", "test")
+VALIDATION_FRACTION = 0.1  # carved from train (seeded) when a data set has no validation split
+
+
+@dataclass
+class Split:
+    """One split: texts and integer label ids (indices into Splits.label_names)."""
+
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def head(self, n: int | None, seed: int) -> "Split":
+        """The first n examples after a seeded shuffle (all of them when n is None)."""
+        if n is None or n >= len(self):
+            return self
+        idx = list(range(len(self)))
+        random.Random(seed).shuffle(idx)
+        return self._pick(sorted(idx[:n]))
+
+    def carve(self, fraction: float, seed: int) -> tuple["Split", "Split"]:
+        """(rest, held-out): a seeded random fraction split off, e.g. as validation data."""
+        idx = list(range(len(self)))
+        random.Random(seed).shuffle(idx)
+        k = max(1, int(round(len(idx) * fraction)))
+        return self._pick(sorted(idx[k:])), self._pick(sorted(idx[:k]))
+
+    def _pick(self, idx: list[int]) -> "Split":
+        return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class Splits:
+    """A data set: its label names and whichever of train/validation/test it has."""
+
+    name: str
+    label_names: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> Split:
+        if split not in self.splits:
+            raise DataError(f"data set {self.name!r} has no {split!r} split "
+                            f"(it has: {', '.join(self.splits) or 'none'})")
+        return self.splits[split]
+
+
+Loader = Callable[[DataConfig, "Path | None"], Splits]
+DATASETS: Registry[Loader] = Registry("data set")
+
+
+def data_root(cfg: DataConfig) -> Path | None:
+    """The local data root: the config's data_dir, else $EMOTUNE_DATA_DIR, else None (use the hub)."""
+    root = cfg.data_dir or os.environ.get("EMOTUNE_DATA_DIR")
+    if not root:
+        return None
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise DataError("data directory not found", root_path)
+    return root_path
+
+
+def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
+    """Resolve ``cfg.name`` (registered name, local file/folder, or hub id) and apply the sample caps."""
+    if cfg.name in DATASETS:
+        data = DATASETS.get(cfg.name)(cfg, data_root(cfg))
+    elif Path(cfg.name).expanduser().exists():
+        from .files import load_files
+
+        data = load_files(Path(cfg.name).expanduser(), cfg)
+    elif "/" in cfg.name and not cfg.name.startswith((".", "/", "~")):
+        from .hub import load_hub
+
+        data = load_hub(cfg.name, cfg)
+    else:
+        raise DataError(f"unknown data set {cfg.name!r}: not a registered name ({', '.join(DATASETS)}), "
+                        "an existing file or folder, or a hub id (owner/name)")
+    if "validation" not in data.splits and "train" in data.splits:
+        data.splits["train"], data.splits["validation"] = data.splits["train"].carve(VALIDATION_FRACTION, seed)
+    for split, n in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
+                     ("test", cfg.max_eval_samples)):
+        if split in data.splits:
+            data.splits[split] = data.splits[split].head(n, seed)
+    return data
+
+
+def read_text(path: Path) -> list[str]:
+    """A file's lines as text; a clear error for a missing file or bytes that are not UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("expected a file, found a folder", path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"bytes that are not UTF-8 at byte {e.start}", path, line) from None
+    return text.splitlines()
+
+
+def check_text(text: str, path: Path, line: int) -> str:
+    text = text.strip()
+    if not text:
+        raise DataError("empty text", path, line)
+    return text
+
+
+def label_id(label: str, names: list[str], path: Path, line: int) -> int:
+    try:
+        return names.index(label)
+    except ValueError:
+        raise DataError(f"unknown label {label!r} (known: {', '.join(names)})", path, line) from None

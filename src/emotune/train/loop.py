@@ -1,0 +1,316 @@
+"""The one training loop every model goes through.
+
+AdamW with a linear schedule (optional warm-up), evaluation every N steps, early stopping on a
+validation metric, the best weights kept, and a checkpoint at every evaluation that a later call
+resumes from. Ctrl-C or SIGTERM stop at the next step boundary after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.encode import Encoded, batches, collate
+from ..io import load_tensors, save_tensors, write_json
+from .metrics import classification_metrics, is_better, parameter_counts, peak_memory_mb
+from .precision import MasterWeights, autocast, resolve_precision
+
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "model.safetensors"
+HISTORY = "history.json"
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C/SIGTERM after a checkpoint was saved; run again to resume."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved, run the same command again to resume")
+        self.step, self.path = step, path
+
+
+@dataclass
+class TrainResult:
+    best_step: int
+    best_metrics: dict
+    history: list[dict]
+    summary: dict
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def optimizer_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    kw = dict(lr=lr, betas=tuple(cfg.betas), eps=1e-8)
+    try:  # the fused kernel does the whole update in one pass: much faster on CPU for big models
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kw)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
+                   pad_id: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Logits in the original order; batches sorted by length so little padding is computed."""
+    was_training = model.training
+    model.eval()
+    order = batches([len(x) for x in data.ids], batch_size, shuffle=False)
+    out = torch.empty(0)
+    chunks: list[tuple[list[int], torch.Tensor]] = []
+    for idx in order:
+        b = collate([data.ids[i] for i in idx], pad_id)
+        with autocast(device, dtype):
+            logits = model(**{k: v.to(device) for k, v in b.items()})
+        chunks.append((idx, logits.float().cpu()))
+    if chunks:
+        out = torch.empty(len(data), chunks[0][1].shape[-1])
+        for idx, logits in chunks:
+            out[idx] = logits
+    model.train(was_training)
+    return out
+
+
+def evaluate_classifier(model: nn.Module, data: Encoded, label_names: list[str], batch_size: int,
+                        device: torch.device, pad_id: int = 0,
+                        dtype: torch.dtype = torch.float32) -> tuple[dict, torch.Tensor]:
+    logits = predict_logits(model, data, batch_size, device, pad_id, dtype)
+    labels = torch.tensor(data.labels)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    preds = logits.argmax(-1).numpy()
+    return classification_metrics(np.asarray(data.labels), preds, label_names, loss), logits
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict]:
+    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks at step boundaries; a second
+    Ctrl-C interrupts at once."""
+    flag = {"stop": False}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+class Trainer:
+    """Trains ``model`` (logits from input_ids/attention_mask) on encoded data.
+
+    ``on_step`` (optional) is called after every optimisation step with the step number; it may
+    return True to request a stop (used by tests to simulate an interruption).
+    """
+
+    def __init__(self, model: nn.Module, train: Encoded, validation: Encoded, label_names: list[str],
+                 cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
+                 progress: bool = True, on_step: Callable[[int], bool] | None = None,
+                 on_evaluate: Callable[[int, dict], None] | None = None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.train_data, self.val_data, self.label_names = train, validation, label_names
+        self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id
+        self.progress, self.on_step, self.on_evaluate = progress, on_step, on_evaluate
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.params = parameter_counts(model)
+        self.masters = MasterWeights(self.model, self.dtype)
+        self.optimizer = make_optimizer(optimizer_groups(self.masters.masters, cfg.weight_decay), cfg, lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total = math.ceil(cfg.max_epochs * self.steps_per_epoch)
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.warmup_steps = int(round(warmup_ratio * self.total_steps))
+        self.lengths = [len(x) for x in train.ids]
+
+    # ---- schedule -------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to the peak, then linear decay to zero at the last planned step."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        rest = max(1, self.total_steps - self.warmup_steps)
+        return self.lr * max(0.0, (self.total_steps - step) / rest)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        return batches(self.lengths, self.cfg.batch_size, shuffle=True, generator=gen,
+                       group_by_length=self.cfg.group_by_length)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        if not self.cfg.checkpoint:
+            return
+        tensors = {f"param.{k}": v for k, v in self.masters.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for i, s in opt["state"].items():
+            for k, v in s.items():
+                tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng.torch"] = torch.get_rng_state()
+        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+        meta = {"state": json.dumps(state), "param_groups": json.dumps(groups)}
+        save_tensors(self.out_dir / CHECKPOINT, tensors, meta)
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            return None
+        tensors, meta = load_tensors(path)
+        self.masters.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        groups = json.loads(meta["param_groups"])
+        for g in groups:
+            g["betas"] = tuple(g["betas"])
+        opt_state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        return json.loads(meta["state"])
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        metrics, _ = evaluate_classifier(self.model, self.val_data, self.label_names, self.cfg.eval_batch_size,
+                                         self.device, self.pad_id, self.dtype)
+        return metrics
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        state = self.load_checkpoint() or {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0,
+                                           "bad_evals": 0, "history": [], "elapsed": 0.0, "samples": 0,
+                                           "train_time": 0.0}
+        resumed_from = state["step"] or None
+        start = time.perf_counter() - state["elapsed"]
+        loss_sum, loss_n = 0.0, 0
+        stopped_early = False
+        self.model.train()
+        from ..progress import training_progress
+
+        with stop_requests() as stop, training_progress(self.total_steps, enabled=self.progress) as bar:
+            bar.update(completed=state["step"], best=state["best"], metric=cfg.metric)
+            while state["step"] < self.total_steps and not stopped_early:
+                epoch_batches = self.epoch_batches(state["epoch"])
+                for bi in range(state["batch"], len(epoch_batches)):
+                    t0 = time.perf_counter()
+                    loss = self.train_step(epoch_batches[bi], state["step"])
+                    state["train_time"] += time.perf_counter() - t0
+                    state["samples"] += len(epoch_batches[bi])
+                    loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                    state["step"] += 1
+                    state["batch"] = bi + 1
+                    end_of_epoch = state["batch"] == len(epoch_batches)
+                    if end_of_epoch:
+                        state["epoch"], state["batch"] = state["epoch"] + 1, 0
+                    done = state["step"] >= self.total_steps
+                    if state["step"] % cfg.eval_every == 0 or end_of_epoch or done:
+                        stopped_early = self._evaluate_and_keep(state, loss_sum / max(loss_n, 1), start)
+                        loss_sum, loss_n = 0.0, 0
+                        bar.update(completed=state["step"], best=state["best"], metric=cfg.metric)
+                        if stopped_early or done:
+                            break
+                    else:
+                        bar.update(completed=state["step"], loss=loss)
+                    requested = self.on_step(state["step"]) if self.on_step else False
+                    if stop["stop"] or requested:
+                        state["elapsed"] = time.perf_counter() - start
+                        self.save_checkpoint(state)
+                        raise Interrupted(state["step"], self.out_dir / CHECKPOINT)
+                    if end_of_epoch:
+                        break
+
+        # Restore the best weights for whatever comes next (test evaluation, saving predictions).
+        best, _ = load_tensors(self.out_dir / BEST)
+        self.masters.load_state_dict(best)
+        elapsed = time.perf_counter() - start
+        best_eval = next(h for h in state["history"] if h["step"] == state["best_step"])
+        summary = {
+            "runtime_s": elapsed, "steps": state["step"], "best_step": state["best_step"],
+            "epochs": state["step"] / self.steps_per_epoch,
+            "steps_per_s": state["step"] / max(state["train_time"], 1e-9),
+            "samples_per_s": state["samples"] / max(state["train_time"], 1e-9),
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "rss",
+            "precision": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "lr": self.lr, "warmup_steps": self.warmup_steps, "stopped_early": stopped_early,
+            "resumed_from_step": resumed_from, **self.params,
+        }
+        (self.out_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; free the space
+        return TrainResult(state["best_step"], best_eval["validation"], state["history"], summary,
+                           stopped_early, resumed_from)
+
+    def train_step(self, idx: list[int], step: int) -> float:
+        batch = collate([self.train_data.ids[i] for i in idx], self.pad_id)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
+        with autocast(self.device, self.dtype):
+            logits = self.model(**batch)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        self.scaler.scale(loss).backward()
+        self.masters.grads_to_masters()
+        if self.cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.masters.masters, self.cfg.max_grad_norm, foreach=True)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.masters.masters_to_model()
+        return loss.item()
+
+    def _evaluate_and_keep(self, state: dict, train_loss: float, start: float) -> bool:
+        """Evaluate, keep the best weights, checkpoint; True when early stopping triggers."""
+        metrics = self.evaluate()
+        value = metrics[self.cfg.metric]
+        entry = {"step": state["step"], "epoch": state["step"] / self.steps_per_epoch, "train_loss": train_loss,
+                 "lr": self.lr_at(state["step"] - 1), "elapsed_s": time.perf_counter() - start,
+                 "validation": metrics}
+        state["history"].append(entry)
+        if is_better(self.cfg.metric, value, state["best"]):
+            state.update(best=value, best_step=state["step"], bad_evals=0)
+            save_tensors(self.out_dir / BEST, self.masters.state_dict())
+        else:
+            state["bad_evals"] += 1
+        write_json(self.out_dir / HISTORY, state["history"])
+        if self.on_evaluate:
+            self.on_evaluate(state["step"], metrics)
+        state["elapsed"] = time.perf_counter() - start
+        stop = self.cfg.patience is not None and state["bad_evals"] >= self.cfg.patience
+        if not stop and state["step"] < self.total_steps:
+            self.save_checkpoint(state)
+        return stop

@@ -1,0 +1,55 @@
+"""Quality metrics (scikit-learn) and resource figures."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+HIGHER_IS_BETTER = {"accuracy": True, "f1_weighted": True, "f1_macro": True, "recall_macro": True,
+                    "precision_weighted": True, "loss": False}
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str],
+                           loss: float | None = None) -> dict:
+    """Accuracy, weighted and macro P/R/F1, per-class report and confusion matrix."""
+    labels = list(range(len(label_names)))
+    out: dict = {} if loss is None else {"loss": float(loss)}
+    out["accuracy"] = float(accuracy_score(y_true, y_pred))
+    for avg in ("weighted", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(s[i])} for i, name in enumerate(label_names)}
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER.get(metric, True) else value < best
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated memory (CUDA), in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_pct": 100.0 * trainable / max(total, 1)}
+
+
+def softmax_np(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits.float(), dim=-1).numpy()

@@ -1,0 +1,87 @@
+"""The training loop and run folders, on a tiny random BERT."""
+
+import csv
+
+import pytest
+import torch
+
+from emotune import api
+from emotune.errors import RunError
+from emotune.io import load_tensors
+from emotune.train.loop import Interrupted
+
+from .conftest import tiny_config
+
+
+def read_probs(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return torch.tensor([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_run_folder_and_exact_reload(tiny_model, toy_data, tmp_path, method, precision):
+    out = tmp_path / "run"
+    metrics = api.train(tiny_config(tiny_model, toy_data, method, precision=precision), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "labels.json", "model.safetensors", "history.json", "metrics.json",
+            "predictions_validation.csv"} <= names
+    assert "checkpoint.safetensors" not in names and not any(n.endswith(".tmp") for n in names)
+    assert metrics["completed"] and metrics["train"]["steps"] == 30  # 120 examples / 8 x 2 epochs
+    assert metrics["train"]["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    assert set(metrics["validation"]) >= {"loss", "accuracy", "f1_weighted", "precision_macro", "per_class",
+                                          "confusion_matrix"}
+    weights, _ = load_tensors(out / "model.safetensors")
+    if method == "lora":  # the adapter and head alone, not the frozen encoder
+        assert all("lora_" in k or k.startswith("head.") or "LayerNorm" in k for k in weights)
+    # Reloading the run gives exactly the predictions the trained model made.
+    texts = [r["text"] for r in csv.DictReader(open(out / "predictions_validation.csv", encoding="utf-8"))]
+    reloaded = api.Predictor(out).probabilities(texts)
+    assert torch.allclose(reloaded, read_probs(out / "predictions_validation.csv"), atol=2e-6)
+
+
+def test_learns_the_toy_task(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "full", max_epochs=8, lr=3e-3, patience=None)
+    metrics = api.train(cfg, tmp_path / "run", progress=False)
+    assert metrics["validation"]["accuracy"] > 0.6  # chance is 1/6
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "lora", patience=None)
+    api.train(cfg, tmp_path / "straight", progress=False)
+    with pytest.raises(Interrupted) as e:
+        api.train(cfg, tmp_path / "cut", progress=False, on_step=lambda step: step == 12)
+    assert e.value.step == 12 and (tmp_path / "cut" / "checkpoint.safetensors").exists()
+    metrics = api.train(cfg, tmp_path / "cut", progress=False)
+    assert metrics["train"]["resumed_from_step"] == 12 and metrics["train"]["steps"] == 30
+    a, _ = load_tensors(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_and_best_checkpoint(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "full", lr=1e-9, patience=2, max_epochs=20, metric="loss")
+    metrics = api.train(cfg, tmp_path / "run", progress=False)
+    t = metrics["train"]
+    assert t["stopped_early"] and t["steps"] < 20 * 15
+    history = api.Run.open(tmp_path / "run") and __import__("json").load(open(tmp_path / "run" / "history.json"))
+    best = min(history, key=lambda h: h["validation"]["loss"])
+    assert t["best_step"] == best["step"]
+
+
+def test_refuses_to_clobber_a_finished_run(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "lora", max_steps=3)
+    api.train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="finished run"):
+        api.train(cfg, tmp_path / "run", progress=False)
+    assert api.train(cfg, tmp_path / "run", progress=False, overwrite=True)["completed"]
+
+
+def test_interrupted_run_with_other_config_is_not_mixed(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "lora")
+    with pytest.raises(Interrupted):
+        api.train(cfg, tmp_path / "run", progress=False, on_step=lambda s: s == 2)
+    cfg.train.seed = 7
+    with pytest.raises(RunError, match="different configuration"):
+        api.train(cfg, tmp_path / "run", progress=False)
