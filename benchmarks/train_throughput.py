@@ -40,8 +40,13 @@ def emotune_run(method: str, texts, labels, args) -> float:
 
 def hf_run(method: str, texts, labels, args) -> float:
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from emotune.models import resolve_model_path
 
@@ -92,7 +97,7 @@ def main() -> None:
             ours.append(emotune_run(method, texts, labels, args))
             print(f"  {method} repeat {r + 1}: Trainer+PEFT {theirs[-1]:.1f} samples/s, emotune {ours[-1]:.1f}")
         rows.append((method, statistics.median(theirs), statistics.median(ours)))
-    print(f"\n| method | Trainer+PEFT samples/s | emotune samples/s | ratio |\n|---|---|---|---|")
+    print("\n| method | Trainer+PEFT samples/s | emotune samples/s | ratio |\n|---|---|---|---|")
     for method, t, o in rows:
         print(f"| {method} | {t:.1f} | {o:.1f} | {o / t:.2f}x |")
 

@@ -86,3 +86,30 @@ def test_bad_data_file_error_names_file_and_line(tmp_path):
     r = emotune("train", "emotion", "--data-dir", tmp_path, "--out", tmp_path / "run")
     assert r.returncode == 2 and f"{tmp_path / 'emotion' / 'val.txt'}:2:" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tiny_model, tmp_path):
+    import signal
+    import time
+
+    from .conftest import write_emotion_folder
+
+    data = write_emotion_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "emotion", "--data-dir", data, "--model", tiny_model, "--out", out, "--max-steps", 400,
+            "--eval-every", 10, "--patience", 1000, "--precision", "fp32", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "emotune.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "Traceback" not in stderr
+    assert (out / "checkpoint.safetensors").exists() and not (out / "metrics.json").exists()
+    r = emotune(*args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert 0 < train["resumed_from_step"] < 400 and train["steps"] == 400

@@ -120,6 +120,8 @@ def train(
     if method is not None and method != cfg.method.get("name"):
         cfg.method = {"name": method}
     cfg = cfg.override(sets + list(set_))
+    if (out_dir / "checkpoint.safetensors").exists() and not overwrite:
+        err.print(f"resuming the interrupted run in {out_dir}")
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
