@@ -97,7 +97,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tiny_model, tmp_
     data = write_emotion_folder(tmp_path / "data")
     out = tmp_path / "run"
     args = ["train", "emotion", "--data-dir", data, "--model", tiny_model, "--out", out, "--max-steps", 400,
-            "--eval-every", 10, "--patience", 1000, "--precision", "fp32", "--no-progress"]
+            "--epochs", 100, "--eval-every", 10, "--patience", 1000, "--precision", "fp32", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "emotune.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

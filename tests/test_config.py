@@ -40,3 +40,17 @@ def test_bad_overrides(override):
 
 def test_every_field_has_help():
     assert all(field_help(TrainConfig).values())
+
+
+def test_numbers_are_coerced_by_field_type(tmp_path):
+    cfg = RunConfig().override(["train.lr=2e-5", "train.max_epochs=3", "train.patience=null"])
+    assert cfg.train.lr == 2e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_epochs == 3.0 and cfg.train.patience is None
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 3e-4, batch_size: '8'}\n")
+    cfg = RunConfig.from_yaml(path)
+    assert cfg.train.lr == 3e-4 and cfg.train.batch_size == 8
+    with pytest.raises(ConfigError, match="train.lr must be a number"):
+        RunConfig().override(["train.lr=fast"])
+    with pytest.raises(ConfigError, match="must be true or false"):
+        RunConfig().override(["train.checkpoint=maybe"])

@@ -55,8 +55,12 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
 
 def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-          on_step: Callable[[int], bool] | None = None) -> dict:
-    """Train one run into the folder ``out`` (resuming it if it was interrupted); return its metrics."""
+          on_step: Callable[[int], bool] | None = None,
+          on_evaluate: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one run into the folder ``out`` (resuming it if it was interrupted); return its metrics.
+
+    ``on_step(step)`` runs after every optimisation step (return True to stop with a checkpoint);
+    ``on_evaluate(step, validation_metrics)`` after every validation (e.g. to prune a search trial)."""
     out = Path(out)
     cfg = resolve_config(cfg)
     _prepare_out_dir(cfg, out, overwrite)
@@ -71,7 +75,7 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
     assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
-                      progress=progress, on_step=on_step)
+                      progress=progress, on_step=on_step, on_evaluate=on_evaluate)
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_classifier(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,

@@ -81,19 +81,19 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; options below "
                                                                        "override it."),
     data_dir: Optional[str] = typer.Option(None, help="Local data root holding emotion/, mr/... "
-                                                      "[default: $EMOTUNE_DATA_DIR, else the hub]"),
+                                                      "(default: $EMOTUNE_DATA_DIR, else the hub)"),
     text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
     label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
     model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id."),
-    method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). [default: lora]"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the method's]."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size. [default: 16]"),
-    epochs: Optional[float] = typer.Option(None, help="Maximum epochs. [default: 10]"),
+    method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora)"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the method's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size. (default: 16)"),
+    epochs: Optional[float] = typer.Option(None, help="Maximum epochs. (default: 10)"),
     max_steps: Optional[int] = typer.Option(None, help="Maximum optimisation steps."),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps. [default: 250]"),
-    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in evaluations. [default: 4]"),
-    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16. [default: auto]"),
-    seed: Optional[int] = typer.Option(None, help="Random seed. [default: 42]"),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps. (default: 250)"),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in evaluations. (default: 4)"),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16. (default: auto)"),
+    seed: Optional[int] = typer.Option(None, help="Random seed. (default: 42)"),
     max_train_samples: Optional[int] = typer.Option(None, help="Train on a seeded sample of N examples."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Validate/test on seeded samples of N examples."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Any config field: section.field=value, e.g. "
@@ -151,7 +151,10 @@ def predict(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read texts from a file, one per line "
                                                                    "('-' for standard input)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: label and every class probability."),
-    precision: Optional[str] = typer.Option(None, help="Override the run's precision (fp32, bf16)."),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16 (bf16 weights), bf16-autocast, int8 (dynamic "
+                                                       "quantization) or auto (default: as the run trained)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: every core)."),
+    batch_size: int = typer.Option(64, help="Texts per forward pass (texts are sorted by length first)."),
 ):
     """Classify texts with a trained run."""
     from . import api
@@ -164,7 +167,7 @@ def predict(
         items += [line for line in lines if line.strip()]
     if not items:
         raise DataError("no texts given: pass them as arguments or with --file")
-    results = api.predict(run_dir, items, precision=precision)
+    results = api.predict(run_dir, items, precision=precision, threads=threads, batch_size=batch_size)
     if as_json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return
@@ -221,6 +224,171 @@ def datasets():
     for name, loader in DATASETS.items():
         doc = (sys.modules[loader.__module__].__doc__ or "").strip().splitlines()[0]
         out.print(f"[bold]{name}[/bold]: {doc}", highlight=False)
+
+
+def _settings(set_: list[str], data_dir: Optional[str]) -> list:
+    """--data-dir and --set as (key, value) pairs; exponent numbers such as 2e-5 are read as numbers."""
+    from .experiments.settings import parse_assignment
+
+    pairs = [("data.data_dir", data_dir)] if data_dir else []
+    return pairs + [parse_assignment(s) for s in set_]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@app.command()
+@friendly
+def grid(
+    file: Path = typer.Argument(..., help="Experiment YAML: a base config plus axes and/or groups of axes."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the grid's run folders, one per cell."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Cells trained at once, each in its own process "
+                                                           "with an equal share of the CPU threads."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and their status; train nothing."),
+    only: list[str] = typer.Option([], "--only", help="Only cells whose folder matches this glob, e.g. 'lora/*' "
+                                                      "(repeatable)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root for every cell "
+                                                      "(default: $EMOTUNE_DATA_DIR, else the hub)"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a field in every cell, e.g. "
+                                                           "train.max_epochs=3 (part of each cell's config)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Train every cell of an experiment grid; finished cells are skipped, an interrupted one resumes."""
+    from .experiments.grid import Grid, GridInterrupted, plan, run_grid
+    from .experiments.settings import labels
+
+    g = Grid.from_yaml(file, _settings(set_, data_dir)).select(only)
+    if dry_run:
+        table = Table(title=f"{g.name}: {len(g.cells)} cells -> {out_dir}")
+        for c in ("cell", "status", "settings"):
+            table.add_column(c)
+        statuses = plan(g, out_dir)
+        for cell, status in statuses:
+            table.add_row(cell.name, status, ", ".join(labels(cell.values)))
+        out.print(table)
+        counts = {s: sum(st == s for _, st in statuses) for s in dict.fromkeys(st for _, st in statuses)}
+        out.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+        return
+    try:
+        results = run_grid(g, out_dir, workers=workers, progress=progress)
+    except GridInterrupted as e:
+        err.print(f"[yellow]{e}[/yellow]", highlight=False)
+        raise typer.Exit(130) from None
+    table = Table(title=f"{g.name} -> {out_dir}")
+    for c in ("cell", "status", "val accuracy", "val F1 (w)", "runtime", "note"):
+        table.add_column(c, justify="right" if c.startswith(("val", "runtime")) else "left")
+    for r in results:
+        m = r.metrics
+        table.add_row(r.cell.name, r.status, _fmt(m.get("val_accuracy")), _fmt(m.get("val_f1_weighted")),
+                      _minutes(m["runtime_s"]) if m.get("runtime_s") else "", r.error)
+    out.print(table)
+    summary = json.loads((out_dir / "grid.json").read_text(encoding="utf-8"))
+    out.print(f"grid wall time: this session {_minutes(summary['sessions'][-1]['wall_s'])}, all sessions "
+              f"{_minutes(summary['wall_s'])}; summary in {out_dir / 'grid.json'}", highlight=False)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def report(
+    dirs: list[Path] = typer.Argument(..., help="Folders holding run folders (grids, searches, single runs)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for report.md, report.html, plots, runs.csv."),
+    metric: str = typer.Option("accuracy", help="Validation metric that chooses each family's run."),
+    examples: int = typer.Option(5, help="Right and wrong test predictions shown per chosen run."),
+    seed: int = typer.Option(0, help="Seed for picking the example predictions."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Evaluate a chosen run on test when it has no test "
+                                                             "figures yet (no other run is ever tested)."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root, if the data moved since training."),
+    title: Optional[str] = typer.Option(None, help="Report title."),
+    max_columns: int = typer.Option(12, help="At most this many runs per family table (the best on validation)."),
+    note: str = typer.Option("", help="A paragraph placed under the title."),
+):
+    """Compare runs: per-family validation tables, chosen runs on test, examples, plots (Markdown + HTML)."""
+    from .report import build_report
+
+    r = build_report(dirs, out_dir, metric=metric, examples=examples, seed=seed, evaluate_test=test,
+                     data_dir=data_dir, title=title, max_columns=max_columns, note=note)
+    table = Table(title="chosen on validation")
+    for c in ("family", "run", f"val {metric}", "test accuracy", "test F1 (w)"):
+        table.add_column(c, justify="left" if c in ("family", "run") else "right")
+    for fam, e in r.chosen.items():
+        table.add_row(fam, e.name, _fmt(e.value("validation", metric)), _fmt(e.value("test", "accuracy")),
+                      _fmt(e.value("test", "f1_weighted")))
+    out.print(table)
+    if r.evaluated:
+        out.print(f"evaluated on test now: {', '.join(r.evaluated)}", highlight=False)
+    out.print(f"report: {r.markdown} and {r.html} ({len(r.figures)} plots)", highlight=False)
+
+
+@app.command()
+@friendly
+def tune(
+    space: Path = typer.Argument(..., help="Search-space YAML: base config, objective, sampler, pruner, space."),
+    trials: int = typer.Option(..., "--trials", "-n", help="Trials the study holds when done (complete + pruned, "
+                                                           "every worker counted); a resumed study runs the rest."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for trial runs, best.yaml and the "
+                                                                     "default SQLite study (default: runs/<study>)"),
+    storage: Optional[str] = typer.Option(None, envvar="EMOTUNE_STORAGE",
+                                          help="SQLAlchemy URL of the study database that workers share, e.g. "
+                                               "postgresql://user:pass@host:5432/db "
+                                               "(default: sqlite:///<out>/optuna.db)"),
+    study: Optional[str] = typer.Option(None, help="Study name (default: the file's `study`, else its name)"),
+    timeout: Optional[float] = typer.Option(None, help="Start no new trial after this many seconds."),
+    retrain_full: bool = typer.Option(False, "--retrain-full", help="Retrain the best trial on train+validation "
+                                                                    "for its best step count; evaluate on test once."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root (default: $EMOTUNE_DATA_DIR, else the hub)"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a base field, e.g. train.max_epochs=3."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Search hyper-parameters with Optuna (TPE + pruning); resumable, shareable across machines."""
+    from .experiments.tune import SearchSpace
+    from .experiments.tune import tune as run_tune
+
+    s = SearchSpace.from_yaml(space, _settings(set_, data_dir))
+    if study:
+        s.name = study
+    r = run_tune(s, out_dir or Path("runs") / s.name, trials=trials, storage=storage, timeout=timeout,
+                 progress=progress, retrain=retrain_full)
+    out.print(f"study {r.study!r} in {r.storage}: {r.complete} complete, {r.pruned} pruned, {r.failed} failed",
+              highlight=False)
+    if r.best is None:
+        err.print("no trial has completed yet")
+        return
+    out.print(f"best: trial {r.best['trial']}, validation {s.metric} {r.best['value']:.4f}, "
+              f"params {json.dumps(r.best['params'])}", highlight=False)
+    out.print(f"best config: {r.best_config} (emotune train --config {r.best_config} ...)", highlight=False)
+    if r.retrained:
+        print_metrics({"test": r.retrained["test"]}, f"{r.retrained['run']} (train+validation, "
+                                                     f"{r.retrained['steps']} steps)")
+
+
+@app.command()
+@friendly
+def serve(
+    run_dirs: list[str] = typer.Argument(..., help="Run folders to serve, each as RUN (named after its folder) "
+                                                   "or NAME=RUN."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    precision: str = typer.Option("auto", help="fp32, bf16, bf16-autocast, int8 or auto (bf16 where the CPU "
+                                               "multiplies bfloat16 natively, else fp32)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: every core)."),
+    max_batch: int = typer.Option(32, help="Most texts in one micro-batch."),
+    max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits for more requests."),
+    max_texts: int = typer.Option(64, help="Most texts in one request."),
+    max_chars: int = typer.Option(2000, help="Most characters in one text."),
+    max_body_bytes: int = typer.Option(1_000_000, help="Largest request body."),
+    share: bool = typer.Option(True, help="LoRA runs on the same base model share one copy of it."),
+    log_level: str = typer.Option("warning", help="uvicorn log level (info logs every request)."),
+):
+    """Serve runs over HTTP: POST /v1/predict, GET /v1/models, /health, /metrics, /docs and a web page at /."""
+    from .serve.cli import serve as run_server
+
+    run_server(run_dirs, host=host, port=port, precision=precision, threads=threads, max_batch=max_batch,
+               max_wait_ms=max_wait_ms, max_texts=max_texts, max_chars=max_chars,
+               max_body_bytes=max_body_bytes, share=share, log_level=log_level,
+               echo=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
 def main() -> None:

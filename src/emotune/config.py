@@ -140,12 +140,30 @@ class RunConfig:
 
 def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
     values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
     if unknown:
         raise ConfigError(f"unknown {section} option(s): {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(names))})")
-    return cls(**values)
+                          f"(known: {', '.join(sorted(fields))})")
+    return cls(**{k: _coerce(v, str(fields[k].type), f"{section}.{k}") for k, v in values.items()})
+
+
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    """YAML 1.1 reads `2e-5` as a string and `1` where a float is meant as an int: fix by the field's type."""
+    kinds = [t.strip() for t in annotation.split("|")]
+    if value is None:
+        if "None" not in kinds:
+            raise ConfigError(f"{name} needs a value")
+        return None
+    for kind, conv in (("float", float), ("int", int)):
+        if kind in kinds and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+            try:
+                return conv(value) if kind == "float" or not isinstance(value, float) else value
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if "bool" in kinds and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -67,7 +67,7 @@ def build_transformer(cfg: ModelConfig, num_labels: int):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         encoder = AutoModel.from_pretrained(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {cfg.name!r}: {str(e).splitlines()[0]}") from None
     if cfg.pooling == "pooler" and getattr(encoder, "pooler", None) is None:
         raise ConfigError(f"model {cfg.name!r} has no pooler layer; use pooling mean or cls")

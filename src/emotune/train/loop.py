@@ -22,8 +22,9 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
+from ..errors import ConfigError
 from ..io import load_tensors, save_tensors, write_json
-from .metrics import classification_metrics, is_better, parameter_counts, peak_memory_mb
+from .metrics import HIGHER_IS_BETTER, classification_metrics, is_better, parameter_counts, peak_memory_mb
 from .precision import MasterWeights, autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -138,6 +139,8 @@ class Trainer:
                  cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
                  progress: bool = True, on_step: Callable[[int], bool] | None = None,
                  on_evaluate: Callable[[int, dict], None] | None = None):
+        if cfg.metric not in HIGHER_IS_BETTER:
+            raise ConfigError(f"unknown validation metric {cfg.metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.train_data, self.val_data, self.label_names = train, validation, label_names
         self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id

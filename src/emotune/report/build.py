@@ -1,0 +1,205 @@
+"""`build_report`: run folders in, a Markdown report + PNG plots + one self-contained HTML page out.
+
+Test figures: the chosen run of each family (best on validation) is evaluated on the test split only
+if its metrics.json has no test figures yet; no other run ever sees the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io import write_json, write_text
+from ..train.metrics import HIGHER_IS_BETTER
+from . import plots, tables
+from .collect import Collection, Entry, choose, collect, hyper_label, sort_key, varying
+from .render import Block, Figure, Heading, Table, Text, to_html, to_markdown
+
+
+@dataclass
+class ReportResult:
+    markdown: Path
+    html: Path
+    chosen: dict[str, Entry]
+    evaluated: list[str] = field(default_factory=list)
+    """Runs evaluated on test by this call (the others already had test figures)."""
+    figures: list[Path] = field(default_factory=list)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "family"
+
+
+def build_report(dirs: list[str | Path], out: str | Path, *, metric: str = "accuracy", examples: int = 5,
+                 seed: int = 0, evaluate_test: bool = True, data_dir: str | None = None, title: str | None = None,
+                 max_columns: int = 12, note: str = "") -> ReportResult:
+    """Compare every finished run under ``dirs`` and write ``report.md``, ``report.html``, the plots,
+    ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    col = collect(dirs)
+    families = dict(sorted(col.families().items(), key=_family_order))
+    chosen = {fam: choose(es, metric) for fam, es in families.items()}
+    evaluated = _test_chosen(list(chosen.values()) + col.retrained, evaluate_test, data_dir)
+    title = title or f"emotune report: {', '.join(sorted(families)) or 'runs'}"
+
+    blocks: list[Block] = [Heading(title, 1), Text(_intro(col, metric, note))]
+    figures: list[Path] = []
+    keys: dict[str, list[str]] = {}
+    for fam, es in families.items():
+        keys[fam] = varying(es)
+        es = sorted(es, key=lambda e: sort_key(e, keys[fam]))
+        shown = _limit(es, chosen[fam], metric, max_columns)
+        blocks.append(Heading(f"Validation: {fam}", 2))
+        more = (f" Shown: the best {len(shown)} on validation; all {len(es)} are in `runs.csv`."
+                if len(shown) < len(es) else "")
+        blocks.append(Text(f"{len(es)} run(s); columns are the hyper-parameters that differ; ★ marks the run "
+                           f"chosen on validation {metric}.{more}"))
+        blocks.append(tables.validation_table(shown, keys[fam], chosen[fam]))
+        path = plots.curves_plot(shown, keys[fam], chosen[fam], out / f"curves-{slug(fam)}.png", fam, metric)
+        figures.append(path)
+        blocks.append(Figure(path, f"Learning curves, {fam}: validation {metric} and losses against the step."))
+
+    if chosen:
+        blocks += [Heading("Test: the chosen run of each family", 2),
+                   Text(f"Each family's best run on validation {metric}, evaluated once on the test split."),
+                   tables.test_table(chosen, keys, metric)]
+        path = plots.tradeoff_plot(col.entries, chosen, out / "tradeoff.png", metric)
+        figures.append(path)
+        blocks.append(Figure(path, f"Validation {metric} of every run against its trainable parameters: colour = "
+                                   "training runtime, area = peak memory; the chosen runs are ringed (their test "
+                                   "figures in the legend)."))
+        tested = {f: e for f, e in chosen.items() if e.value("test", "confusion_matrix")}
+        if tested:
+            path = plots.confusion_plot(tested, out / "confusion.png")
+            figures.append(path)
+            blocks.append(Figure(path, "Test confusion matrices of the chosen runs (rows: true label)."))
+        if examples > 0:
+            blocks.append(Heading("Example test predictions", 2))
+            blocks.append(Text(f"{examples} random right and {examples} random wrong predictions per chosen run "
+                               f"(seed {seed}); conf. is the predicted class's probability."))
+            for fam, e in chosen.items():
+                blocks += _examples(fam, e, keys[fam], examples, seed)
+    if col.retrained:
+        blocks += [Heading("Retrained on train + validation", 2),
+                   Text("Best search trials retrained on train+validation for their best step count and tested "
+                        "once. Their validation figures come from seen data, so they take no part in the "
+                        "choices above."), tables.retrained_table(col.retrained)]
+    if col.unfinished:
+        blocks += [Heading("Unfinished runs (left out)", 2), tables.unfinished_table(col.unfinished)]
+
+    md, page = out / "report.md", out / "report.html"
+    write_text(md, to_markdown(blocks))
+    write_text(page, to_html(blocks, title))
+    write_text(out / "runs.csv", _runs_csv(col))
+    write_json(out / "summary.json", _summary(col, chosen, keys, metric))
+    return ReportResult(md, page, chosen, evaluated, figures)
+
+
+def _family_order(item: tuple[str, list[Entry]]) -> tuple:
+    """Families with the most trainable parameters first (full fine-tuning before adapters), then by name."""
+    fam, entries = item
+    return (-max(e.value("train", "trainable_params") or 0 for e in entries), fam)
+
+
+def _test_chosen(entries: list[Entry], evaluate: bool, data_dir: str | None) -> list[str]:
+    """Evaluate on test the runs that lack test figures (only chosen ones are passed here)."""
+    from .. import api
+
+    done = []
+    for e in entries:
+        if "test" in e.metrics or not evaluate:
+            continue
+        api.evaluate(e.path, "test", data_dir=data_dir)
+        e.metrics = e.run.metrics
+        done.append(e.name)
+    return done
+
+
+def _limit(entries: list[Entry], chosen: Entry, metric: str, n: int) -> list[Entry]:
+    """At most n columns: the best n on validation (the chosen one always), kept in table order."""
+    if len(entries) <= n:
+        return entries
+    from .collect import score
+
+    best = set(map(id, sorted(entries, key=lambda e: score(e, metric))[:n])) | {id(chosen)}
+    return [e for e in entries if id(e) in best]
+
+
+def _intro(col: Collection, metric: str, note: str) -> str:
+    data = sorted({f"`{e.run.config.data.name}`" for e in col.entries + col.retrained})
+    models = sorted({f"`{e.run.config.model.name}`" for e in col.entries + col.retrained})
+    sizes = sorted({" / ".join(f"{e.metrics['data'].get(s, '?')}" for s in ("train", "validation", "test"))
+                    for e in col.entries if "data" in e.metrics})
+    text = (f"{len(col.entries)} finished run(s) in {len(col.families())} famil"
+            f"{'y' if len(col.families()) == 1 else 'ies'}; data {', '.join(data)} "
+            f"(train / validation / test examples: {'; '.join(sizes) or '?'}); model {', '.join(models)}. "
+            f"Runs are chosen on validation {metric}; only chosen runs are evaluated on test. "
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')}.")
+    return f"{note}\n\n{text}" if note else text
+
+
+def _examples(fam: str, e: Entry, keys: list[str], k: int, seed: int) -> list[Block]:
+    path = e.path / "predictions_test.csv"
+    head = Heading(f"{fam} ({hyper_label(e, keys)})", 3)
+    if not path.is_file():
+        return [head, Text(f"No test predictions in `{e.name}`.")]
+    preds = tables.read_predictions(path)
+    wrong = sum(p["label"] != p["predicted"] for p in preds)
+    return [head, Text(f"{len(preds) - wrong} right, {wrong} wrong of {len(preds)} test examples."),
+            tables.examples_table(preds, k, seed)]
+
+
+def _runs_csv(col: Collection) -> str:
+    entries = col.entries + col.retrained + col.unfinished
+    keys = varying(entries)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    quality = ["loss", "accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro"]
+    train = ["runtime_s", "steps", "best_step", "steps_per_s", "samples_per_s", "peak_memory_mb", "trainable_params",
+             "trainable_pct"]
+    w.writerow(["run", "family", "status", *keys, *[f"val_{q}" for q in quality], *[f"test_{q}" for q in quality],
+                *train])
+    for e in entries:
+        status = ("retrained" if e.retrained else "complete") if e.metrics.get("completed") else (
+            "pruned" if e.metrics.get("pruned") else e.run.status())
+        w.writerow([e.name, e.family, status, *[_cell(e.flat.get(k)) for k in keys],
+                    *[_cell(e.value("validation", q)) for q in quality], *[_cell(e.value("test", q)) for q in quality],
+                    *[_cell(e.value("train", t)) for t in train]])
+    return buf.getvalue()
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    return str(v)
+
+
+def _summary(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str) -> dict:
+    def brief(e: Entry) -> dict:
+        return {"run": e.name, "hyper_parameters": hyper_label(e, keys.get(e.family, [])),
+                "validation": {k: e.value("validation", k) for k in ("accuracy", "f1_weighted", "loss")},
+                "test": {k: e.value("test", k) for k in ("accuracy", "f1_weighted", "loss")} if "test" in e.metrics
+                else None,
+                "train": {k: e.value("train", k) for k in ("runtime_s", "steps", "best_step", "peak_memory_mb",
+                                                           "trainable_params", "trainable_pct")}}
+
+    return {"metric": metric, "runs": len(col.entries), "unfinished": len(col.unfinished),
+            "total_runtime_s": sum(e.value("train", "runtime_s") or 0 for e in col.entries),
+            "families": {fam: {"runs": sum(e.family == fam for e in col.entries), "chosen": brief(e)}
+                         for fam, e in chosen.items()},
+            "retrained": [brief(e) for e in col.retrained]}
+
+
+__all__ = ["ReportResult", "Table", "build_report"]

@@ -1,0 +1,163 @@
+"""Gather run folders for a report: method families, the hyper-parameters that vary, the chosen run per family.
+
+A family is what the study compares: a method as configured (full fine-tuning, LoRA on attention, LoRA
+on every linear layer, ...), prefixed by the model and the data set when a report holds several of
+them, so classic models and transformers share one set of tables. Family names come from a registry
+keyed by method name; a method without an entry is its own family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import RunError
+from ..experiments.settings import flatten, format_value, labels
+from ..io import read_json
+from ..registry import Registry
+from ..runs import Run, find_runs
+from ..train.metrics import HIGHER_IS_BETTER
+
+FAMILY_NAMES: Registry[Callable[[dict], str]] = Registry("method family")
+# Config keys that never distinguish runs in a table (where the data lives, how many threads ran).
+IGNORED_KEYS = {"data.data_dir", "train.threads", "train.device", "train.checkpoint"}
+
+
+def register_family(method: str):
+    """Decorator: ``fn(method_options) -> family name`` for one method."""
+    return FAMILY_NAMES.register(method)
+
+
+@register_family("full")
+def _full(options: dict) -> str:
+    return "full fine-tuning"
+
+
+@register_family("lora")
+def _lora(options: dict) -> str:
+    return f"LoRA {format_value(options.get('target', 'attention'))}"
+
+
+@dataclass
+class Entry:
+    """One run as a report sees it."""
+
+    run: Run
+    name: str
+    family: str = ""
+    metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    flat: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def retrained(self) -> bool:
+        return "retrained" in self.metrics
+
+    def value(self, split: str, key: str) -> Any:
+        return self.metrics.get(split, {}).get(key)
+
+
+@dataclass
+class Collection:
+    entries: list[Entry]
+    """Finished runs with held-out validation figures: the ones tables compare and choose from."""
+    retrained: list[Entry]
+    """Runs retrained on train+validation (validation figures are not held out): test only."""
+    unfinished: list[Entry]
+    """Interrupted, pruned or still running."""
+
+    def families(self) -> dict[str, list[Entry]]:
+        out: dict[str, list[Entry]] = {}
+        for e in self.entries:
+            out.setdefault(e.family, []).append(e)
+        return out
+
+
+def method_family(method: dict) -> str:
+    name = method.get("name", "?")
+    options = {k: v for k, v in method.items() if k != "name"}
+    return FAMILY_NAMES.get(name)(options) if name in FAMILY_NAMES else str(name)
+
+
+def collect(dirs: list[str | Path]) -> Collection:
+    runs: dict[Path, Run] = {}
+    for d in dirs:
+        for run in find_runs(d):
+            runs.setdefault(run.path.resolve(), run)
+    if not runs:
+        raise RunError(f"no run folders under {', '.join(map(str, dirs))}")
+    root = _common_root([Path(d).resolve() for d in dirs])
+    entries = []
+    for path, run in sorted(runs.items()):
+        history_file = path / "history.json"
+        entries.append(Entry(run, _relative(path, root), metrics=run.metrics,
+                             history=read_json(history_file) if history_file.is_file() else [],
+                             flat={k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}))
+    datasets = {data_name(e) for e in entries}
+    models = {e.run.config.model.name for e in entries}
+    for e in entries:
+        prefix = [Path(data_name(e)).name] if len(datasets) > 1 else []
+        prefix += [Path(e.run.config.model.name).name] if len(models) > 1 else []
+        e.family = " · ".join(prefix + [method_family(e.run.config.method)])
+    finished = [e for e in entries if e.metrics.get("completed")]
+    return Collection([e for e in finished if not e.retrained], [e for e in finished if e.retrained],
+                      [e for e in entries if not e.metrics.get("completed")])
+
+
+def data_name(e: Entry) -> str:
+    """The data set's name; a run retrained on merged train+validation files names the data it came from."""
+    return e.metrics.get("retrained", {}).get("source_data") or e.run.config.data.name
+
+
+def _common_root(paths: list[Path]) -> Path:
+    import os
+
+    return Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+        return str(rel) if str(rel) != "." else path.name
+    except ValueError:
+        return str(path)
+
+
+def varying(entries: list[Entry]) -> list[str]:
+    """Config keys whose values differ between the entries, in config order."""
+    keys: list[str] = []
+    for e in entries:
+        keys += [k for k in e.flat if k not in keys]
+    return [k for k in keys if len({repr(e.flat.get(k)) for e in entries}) > 1]
+
+
+def hyper_label(entry: Entry, keys: list[str]) -> str:
+    """``lr=2e-05, wd=0.01``: the entry's values of the keys that vary in its table."""
+    if not keys:
+        keys = ["train.lr"]
+    return ", ".join(labels({k: entry.flat.get(k) for k in keys}))
+
+
+def sort_key(entry: Entry, keys: list[str]) -> tuple:
+    def one(v: Any) -> tuple:
+        return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, repr(v))
+
+    return tuple(one(entry.flat.get(k)) for k in keys) + ((1, 0, entry.name),)
+
+
+def score(entry: Entry, metric: str) -> tuple:
+    """Sort key: best validation ``metric`` first, then lower validation loss."""
+    value = entry.value("validation", metric)
+    loss = entry.value("validation", "loss")
+    sign = -1 if HIGHER_IS_BETTER.get(metric, True) else 1
+    return (value is None, sign * (value or 0.0), loss if loss is not None else float("inf"))
+
+
+def choose(entries: list[Entry], metric: str) -> Entry:
+    """The family's run with the best validation metric (ties: lower validation loss)."""
+    return min(entries, key=lambda e: score(e, metric))

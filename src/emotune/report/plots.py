@@ -1,0 +1,148 @@
+"""The report's plots (matplotlib, Agg backend: no display needed), written as PNG files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .collect import Entry, hyper_label  # noqa: E402
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
+DPI = 110
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+                     "axes.grid": True, "grid.alpha": 0.3, "figure.facecolor": "white"})
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _percent(metric: str) -> bool:
+    return metric != "loss"
+
+
+def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, metric: str = "accuracy") -> Path:
+    """Validation metric against trainable parameters (log scale) for every run: colour = training runtime,
+    marker area = peak memory, marker shape = family; chosen runs ringed and labelled with their test figure."""
+    fig, ax = plt.subplots(figsize=(9.5, 5.8))
+    families = list(dict.fromkeys(e.family for e in entries))
+    runtimes = [e.value("train", "runtime_s") or 0.0 for e in entries]
+    minutes = max(runtimes, default=0) >= 300
+    colour = np.array(runtimes) / (60 if minutes else 1)
+    memory = np.array([e.value("train", "peak_memory_mb") or 0.0 for e in entries])
+    top = memory.max() if len(memory) and memory.max() > 0 else 1.0
+
+    def area(mb: float) -> float:
+        return 30 + 370 * mb / top
+
+    norm = matplotlib.colors.Normalize(vmin=float(colour.min()), vmax=float(max(colour.max(), colour.min() + 1e-9)))
+    scale = 100 if _percent(metric) else 1
+    for fi, fam in enumerate(families):
+        idx = [i for i, e in enumerate(entries) if e.family == fam]
+        ax.scatter([entries[i].value("train", "trainable_params") for i in idx],
+                   [scale * entries[i].value("validation", metric) for i in idx],
+                   s=[area(memory[i]) for i in idx], c=colour[idx], cmap="viridis", norm=norm,
+                   marker=MARKERS[fi % len(MARKERS)], edgecolors="black", linewidths=0.5, alpha=0.85)
+    for fam, e in chosen.items():
+        ax.scatter([e.value("train", "trainable_params")], [scale * e.value("validation", metric)],
+                   s=area(e.value("train", "peak_memory_mb") or 0) * 2.2, facecolors="none", edgecolors="crimson",
+                   linewidths=1.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
+    ax.set_title(f"Validation {metric} against trainable parameters (every finished run)")
+    ax.margins(x=0.15, y=0.12)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.02)
+    bar.set_label(f"training runtime ({'min' if minutes else 's'})")
+
+    def family_label(fam: str) -> str:
+        test = chosen[fam].value("test", metric) if fam in chosen else None
+        return fam if test is None else f"{fam} (chosen run: test {metric} {scale * test:.2f})"
+
+    shapes = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], linestyle="", color="grey",
+                         markeredgecolor="black", markersize=8, label=family_label(f)) for i, f in enumerate(families)]
+    shapes.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="crimson",
+                             markersize=11, label="ring: the family's chosen run (best validation)"))
+    first = ax.legend(handles=shapes, title="family", loc="upper left", bbox_to_anchor=(0, -0.12), frameon=False)
+    ax.add_artist(first)
+    refs = sorted({float(f"{v:.2g}") for v in (top / 4, top / 2, top)})
+    sizes = [plt.scatter([], [], s=area(v), color="lightgrey", edgecolors="black", linewidths=0.5, label=f"{v:,.0f} MB")
+             for v in refs]
+    ax.legend(handles=sizes, title="peak memory", loc="upper right", bbox_to_anchor=(1, -0.12), frameon=False,
+              labelspacing=1.3, borderpad=0.8)
+    return _save(fig, path)
+
+
+def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path, title: str,
+                metric: str = "accuracy") -> Path:
+    """Learning curves of a family: validation metric (left) and losses (right) against the training step."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20")
+    scale = 100 if _percent(metric) else 1
+    for i, e in enumerate(entries):
+        if not e.history:
+            continue
+        colour = cmap(i % cmap.N)
+        steps = [h["step"] for h in e.history]
+        label = hyper_label(e, keys) + (" ★" if e is chosen else "")
+        width = 2.2 if e is chosen else 1.2
+        left.plot(steps, [scale * h["validation"][metric] for h in e.history], marker="o", markersize=3,
+                  color=colour, linewidth=width, label=label)
+        best = e.value("train", "best_step")
+        best_h = next((h for h in e.history if h["step"] == best), None)
+        if best_h is not None:
+            left.scatter([best], [scale * best_h["validation"][metric]], s=70, facecolors="none", edgecolors=colour,
+                         linewidths=1.5, zorder=3)
+        right.plot(steps, [h["validation"]["loss"] for h in e.history], color=colour, linewidth=width)
+        right.plot(steps, [h["train_loss"] for h in e.history], color=colour, linewidth=1, linestyle="--")
+    left.set_xlabel("training step")
+    left.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
+    left.set_title(f"{title}: validation {metric} (circle: best checkpoint)")
+    right.set_xlabel("training step")
+    right.set_ylabel("cross-entropy loss")
+    right.set_title("validation loss (solid) and training loss (dashed)")
+    left.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=min(3, max(1, len(entries))), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_plot(chosen: dict[str, Entry], path: Path, split: str = "test") -> Path:
+    """Confusion matrices of the chosen runs, rows normalised (share of each true class), counts printed."""
+    items = [(fam, e) for fam, e in chosen.items() if e.value(split, "confusion_matrix")]
+    n = max(1, len(items))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    size = max(3.6, 0.55 * max((len(e.run.labels) for _, e in items), default=6) + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    image = None
+    for k, (ax, (fam, e)) in enumerate(zip(axes.flat, items)):
+        cm = np.array(e.value(split, "confusion_matrix"), dtype=float)
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
+        labels = e.run.labels
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.grid(False)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xlabel("predicted label")
+        if k % cols == 0:
+            ax.set_ylabel("true label")
+        ax.set_title(f"{fam}\n{split} accuracy {100 * e.value(split, 'accuracy'):.2f}%")
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+        bar.set_label("% of the true class (numbers: counts)")
+    return _save(fig, path)

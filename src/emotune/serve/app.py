@@ -1,0 +1,355 @@
+"""The HTTP app: prediction API, model list, health, Prometheus metrics, OpenAPI docs and a web page.
+
+    POST /v1/predict   {"texts": [...], "model": NAME} -> per text: label + every class probability
+    GET  /v1/models    the loaded models with their labels and metrics
+    GET  /health       liveness and readiness
+    GET  /metrics      Prometheus metrics (requests, latency, batch sizes)
+    GET  /docs         OpenAPI docs (schema at /openapi.json)
+    GET  /             the web page
+
+Every client error is a JSON ``{"error": {"type": ..., "message": ...}}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .batcher import Closed, MicroBatcher
+from .models import ModelRegistry, valid_name
+
+
+@dataclass
+class Limits:
+    """What one request may hold; anything beyond is refused with a 4xx before any work is done."""
+
+    max_texts: int = 64
+    max_chars: int = 2000
+    max_body_bytes: int = 1_000_000
+
+
+@dataclass
+class BatchConfig:
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    workers: int = 1
+    threads_per_worker: Optional[int] = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, type_: str, message: str):
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def error_response(status: int, type_: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+# ---- request and response schemas (also the OpenAPI docs) ----------------------------------------
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] = Field(..., description="Texts to classify.",
+                                   examples=[["i feel wonderful today", "this is terrifying"]])
+    model: Optional[StrictStr] = Field(None, description="Name of a loaded model (GET /v1/models); "
+                                                         "default: the first one.")
+
+
+class Prediction(BaseModel):
+    label: str = Field(..., description="The most probable class.")
+    probabilities: dict[str, float] = Field(..., description="Every class's probability (they sum to 1).")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# ---- ASGI middleware -------------------------------------------------------------------------------
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed), before the app reads them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        too_large = {"error": {"type": "body_too_large",
+                               "message": f"the request body is over {self.max_bytes:,} bytes"}}
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _send_json(send, 400, {"error": {"type": "bad_request",
+                                                              "message": "invalid Content-Length"}})
+            if int(declared) > self.max_bytes:
+                return await _send_json(send, 413, too_large)
+        chunks, size = [], 0
+        while True:  # buffer the body (bounded): the app then sees it whole
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await _send_json(send, 413, too_large)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+    PATHS = {"/v1/predict", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json"}
+
+    def __init__(self, batcher_pending):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("emotune_requests_total", "HTTP requests by path and status.",
+                                ["method", "path", "status"], registry=self.registry)
+        self.latency = Histogram("emotune_request_duration_seconds", "HTTP request latency.", ["method", "path"],
+                                 buckets=(.002, .005, .01, .025, .05, .075, .1, .15, .2, .25, .35, .5, .75, 1,
+                                          2.5, 5, 10), registry=self.registry)
+        self.batch_size = Histogram("emotune_batch_size", "Texts per forward pass (micro-batch).", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.batch_seconds = Histogram("emotune_batch_duration_seconds", "Time of one micro-batch's inference.",
+                                       ["model"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5),
+                                       registry=self.registry)
+        self.texts = Counter("emotune_texts_total", "Texts classified.", ["model"], registry=self.registry)
+        pending = Gauge("emotune_pending_requests", "Requests waiting for or in inference.", registry=self.registry)
+        pending.set_function(batcher_pending)
+
+    def on_batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.batch_seconds.labels(model).observe(seconds)
+        self.texts.labels(model).inc(size)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def middleware(self, app):
+        metrics = self
+
+        async def wrapped(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            path = scope["path"] if scope["path"] in metrics.PATHS else "other"
+            method = scope["method"] if scope["method"] in ("GET", "POST", "HEAD") else "other"
+            status = {"code": 500}
+            start = time.perf_counter()
+
+            async def send_wrapper(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+                metrics.requests.labels(method, path, str(status["code"])).inc()
+
+        return wrapped
+
+
+# ---- the app ---------------------------------------------------------------------------------------
+ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON or invalid UTF-8."},
+          404: {"model": ErrorResponse, "description": "No loaded model has that name."},
+          413: {"model": ErrorResponse, "description": "Too many texts, a text too long, or a body too large."},
+          422: {"model": ErrorResponse, "description": "Wrong JSON types, an empty list or text, a bad model name."}}
+
+
+def page_html() -> str:
+    return resources.files("emotune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
+               batching: BatchConfig | None = None) -> FastAPI:
+    limits = limits or Limits()
+    batching = batching or BatchConfig()
+    batcher_box: dict[str, MicroBatcher] = {}
+    state = {"ready": False}
+    metrics = Metrics(lambda: batcher_box["b"].pending if "b" in batcher_box else 0)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher = MicroBatcher(registry, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
+                               workers=batching.workers, threads_per_worker=batching.threads_per_worker,
+                               on_batch=metrics.on_batch)
+        await batcher.start()
+        batcher_box["b"] = batcher
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.close()  # in-flight requests finish first
+
+    app = FastAPI(title="emotune", version=__version__, lifespan=lifespan,
+                  description="Emotion and sentiment classification with trained emotune runs.")
+    app.state.registry = registry
+    app.state.limits = limits
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.type, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", _describe(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    request_schema = PredictRequest.model_json_schema()
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,  # type: ignore[arg-type]
+              summary="Classify texts",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": request_schema}}}})
+    async def predict(request: Request):
+        """Per text, the most probable label and every class's probability."""
+        req = _parse(await request.body())
+        name = req.model if req.model is not None else registry.default
+        if not valid_name(name):
+            raise ApiError(422, "invalid_model_name", "a model name is a plain name of a loaded model "
+                                                      "(letters, digits, '.', '_', '-'); see GET /v1/models")
+        if name not in registry:
+            raise ApiError(404, "unknown_model", f"no model named {name!r} is loaded; "
+                                                 f"loaded: {', '.join(registry.names)}")
+        texts = req.texts
+        if not texts:
+            raise ApiError(422, "no_texts", "texts is empty: send at least one text")
+        if len(texts) > limits.max_texts:
+            raise ApiError(413, "too_many_texts", f"{len(texts)} texts; at most {limits.max_texts} per request")
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars:
+                raise ApiError(413, "text_too_long", f"text {i + 1} has {len(t):,} characters; "
+                                                     f"at most {limits.max_chars:,}")
+            if not t.strip():
+                raise ApiError(422, "empty_text", f"text {i + 1} is empty")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+                raise ApiError(422, "invalid_text", f"text {i + 1} is not valid Unicode") from None
+        if not state["ready"]:
+            raise ApiError(503, "unavailable", "the server is starting or shutting down")
+        try:
+            probs = await batcher_box["b"].submit(name, texts)
+        except Closed:
+            raise ApiError(503, "unavailable", "the server is shutting down") from None
+        labels = registry[name].labels
+        rows = probs.tolist()
+        return JSONResponse({"model": name, "predictions": [
+            {"label": labels[max(range(len(row)), key=row.__getitem__)],
+             "probabilities": dict(zip(labels, row))} for row in rows]})
+
+    @app.get("/v1/models", summary="Loaded models")
+    async def models():
+        """The models a request can name, with their labels, method, base model and metrics."""
+        return {"default": registry.default, "models": [registry[n].describe() for n in registry.names],
+                "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars,
+                           "max_body_bytes": limits.max_body_bytes}}
+
+    @app.get("/health", summary="Health")
+    async def health():
+        if not state["ready"]:
+            return error_response(503, "unavailable", "starting or shutting down")
+        return {"status": "ok", "models": registry.names, "pending": batcher_box["b"].pending}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(page_html())
+
+    # Outermost first: metrics see every answer, including bodies refused by the size limit.
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(_Wrap, wrap=metrics.middleware)
+    app.state.metrics = metrics
+    return app
+
+
+class _Wrap:
+    """Adapter so a plain ``wrap(app) -> asgi`` function can be added with ``add_middleware``."""
+
+    def __init__(self, app, wrap):
+        self.inner = wrap(app)
+
+    async def __call__(self, scope, receive, send):
+        await self.inner(scope, receive, send)
+
+
+def _parse(body: bytes) -> PredictRequest:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_utf8", f"the body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e.msg} at position {e.pos}") from None
+    except (ValueError, RecursionError):  # an integer with too many digits, nesting too deep
+        raise ApiError(400, "invalid_json", "the body is not JSON this server accepts") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, "invalid_request", 'the body must be a JSON object: {"texts": [...], "model": NAME}')
+    try:
+        return PredictRequest.model_validate(obj)
+    except ValidationError as e:
+        raise ApiError(422, "invalid_request", _describe(e.errors())) from None
+
+
+def _describe(errors) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
