@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64, help="emotune's and ONNX Runtime's batch size")
     ap.add_argument("--precisions", default="fp32,bf16-autocast,bf16,int8")
+    ap.add_argument("--streams", type=int, default=None, help="emotune's streams (default: its own, 2 on 2 threads)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile variant")
+    ap.add_argument("--one-stream", action="store_true", help="also run bf16 with 1 stream x all threads")
     ap.add_argument("--pipeline-batch-size", type=int, default=32)
     ap.add_argument("--no-pipeline", action="store_true")
     ap.add_argument("--no-onnx", action="store_true")
@@ -113,10 +116,19 @@ def main() -> None:
     variants: dict[str, callable] = {}  # name -> texts -> predicted label ids
     notes: dict[str, str] = {}
     t0 = time.perf_counter()
-    for precision in [p for p in args.precisions.split(",") if p]:
-        predictor = Predictor(run, precision=precision, batch_size=args.batch_size)
-        variants[f"emotune {precision}"] = lambda t, p=predictor: p.probabilities(t).argmax(-1).tolist()
-        notes[f"emotune {precision}"] = f"batch {args.batch_size}, length-sorted"
+    configs = [(p, args.streams, False) for p in args.precisions.split(",") if p]
+    if args.one_stream:
+        configs.append(("bf16", 1, False))
+    if not args.no_compile:
+        configs.append(("bf16", args.streams, True))
+    for precision, streams, compiled in configs:
+        predictor = Predictor(run, precision=precision, batch_size=args.batch_size, streams=streams,
+                              compile=compiled)
+        name = f"emotune {precision}" + (" + compile" if compiled else "") + \
+            (f" ({predictor.streams} stream)" if streams == 1 else "")
+        variants[name] = lambda t, p=predictor: p.probabilities(t).argmax(-1).tolist()
+        notes[name] = (f"batch {args.batch_size}, length-sorted, {predictor.streams} stream(s) x "
+                       f"{max(1, args.threads // predictor.streams)} thread(s)")
     tmp = Path(tempfile.mkdtemp(prefix="emotune-bench-"))
     if not (args.no_pipeline and args.no_onnx):
         hf, tokenizer = hf_classifier(run, tmp / "hf")
@@ -171,6 +183,9 @@ def main() -> None:
     ref = accuracy.get("emotune fp32")
     print(f"\nEmotion test split ({len(texts)} sentences), {args.threads} threads, "
           f"median of {len(next(iter(speeds.values())))} repetitions\n")
+    for name, note in notes.items():
+        print(f"  {name}: {note}")
+    print()
     print("| variant | sentences/s | x pipeline default | x ONNX int8 | accuracy | vs fp32 (points) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in variants:

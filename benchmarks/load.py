@@ -195,15 +195,20 @@ def main() -> None:
     batches = after["batches"] - before["batches"]
     mean_batch = ((after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"]) / batches
                   if batches else 0.0)
+    per_s = n / result["elapsed"]
+    served = " ".join(f"{m['name']} ({m['precision']})" for m in models["models"])
     rows = [
-        ("server", f"emotune serve {' '.join(m['name'] + ' (' + m['precision'] + ')' for m in models['models'])}"),
-        ("clients x duration", f"{args.clients} x {result['elapsed']:.0f} s, {args.texts_per_request} text(s) per request"),
+        ("server", f"emotune serve {served}"),
+        ("clients x duration", f"{args.clients} x {result['elapsed']:.0f} s, "
+                               f"{args.texts_per_request} text(s) per request"),
         ("requests", f"{n:,} ok, {len(result['errors'])} errors"),
-        ("throughput", f"{n / result['elapsed']:,.0f} requests/s ({n * args.texts_per_request / result['elapsed']:,.0f} texts/s)"),
-        ("latency p50 / p90 / p99 / max", f"{pct(50):.0f} / {pct(90):.0f} / {pct(99):.0f} / {1000 * lat[-1] if n else 0:.0f} ms"),
+        ("throughput", f"{per_s:,.0f} requests/s ({per_s * args.texts_per_request:,.0f} texts/s)"),
+        ("latency p50 / p90 / p99 / max",
+         f"{pct(50):.0f} / {pct(90):.0f} / {pct(99):.0f} / {1000 * lat[-1] if n else 0:.0f} ms"),
         ("mean latency", f"{1000 * statistics.mean(lat) if n else 0:.0f} ms"),
         ("micro-batches", f"{batches:,.0f}, mean size {mean_batch:.1f}"),
-        ("server RSS loaded / start / end / max", f"{rss_loaded:,.0f} / {rss[0]:,.0f} / {rss[-1]:,.0f} / {max(rss):,.0f} MB"),
+        ("server RSS loaded / start / end / max",
+         f"{rss_loaded:,.0f} / {rss[0]:,.0f} / {rss[-1]:,.0f} / {max(rss):,.0f} MB"),
     ]
     print()
     print("| load test | |\n|---|---|")

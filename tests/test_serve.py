@@ -1,5 +1,5 @@
-"""Serving: the predictor's precisions, runs sharing one base, micro-batching and the HTTP API contract,
-on tiny random BERT runs trained for a few steps."""
+"""Serving: runs sharing one base, micro-batching, the HTTP API contract and a real server process, on tiny
+random BERT runs trained for a few steps."""
 
 from __future__ import annotations
 
@@ -56,36 +56,6 @@ def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
 
 TEXTS = ["i feel happy today", "i am so scared right now", "the film was awful overall",
          "i feel loving and tender", "what a surprise, i am amazed"]
-
-
-# ---- the predictor ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-autocast", "int8", "auto"])
-def test_predictor_precisions_agree_with_float32(runs, precision):
-    ref = Predictor(runs["emo-full"], precision="fp32").probabilities(TEXTS)
-    p = Predictor(runs["emo-full"], precision=precision, batch_size=2, threads=1)
-    probs = p.probabilities(TEXTS)
-    assert probs.shape == (len(TEXTS), len(EMOTIONS))
-    assert torch.allclose(probs.sum(-1), torch.ones(len(TEXTS)), atol=1e-5)
-    assert (probs - ref).abs().max() < (1e-5 if precision == "fp32" else 0.05)
-    out = p.predict(TEXTS)
-    assert [r["text"] for r in out] == TEXTS and all(set(r["probabilities"]) == set(EMOTIONS) for r in out)
-    assert all(r["label"] == max(r["probabilities"], key=r["probabilities"].get) for r in out)
-
-
-def test_predictor_merges_a_lora_adapter_and_keeps_the_trained_default(runs):
-    merged = Predictor(runs["emo-lora"], precision="fp32")
-    assert not hasattr(merged.model.encoder, "peft_config")  # a plain encoder: the adapter is folded in
-    trained = Predictor(runs["emo-lora"])  # default: exactly as trained, adapter unmerged
-    assert hasattr(trained.model.encoder, "peft_config") and trained.precision == "trained-float32"
-    assert torch.allclose(merged.probabilities(TEXTS), trained.probabilities(TEXTS), atol=1e-5)
-    # length-sorted batching returns rows in the input order, whatever the batch size
-    assert torch.allclose(Predictor(runs["emo-lora"], precision="fp32", batch_size=1).probabilities(TEXTS),
-                          merged.probabilities(TEXTS), atol=1e-5)
-
-
-def test_predictor_rejects_unknown_precision(runs):
-    with pytest.raises(ConfigError, match="unknown precision"):
-        Predictor(runs["emo-full"], precision="int4")
 
 
 # ---- one base, many adapters -----------------------------------------------------------------------

@@ -76,7 +76,7 @@ def unfreeze_norms(model: nn.Module) -> None:
 
 
 @register_method("lora", description="Low-rank adapters on a frozen encoder (LoRA, via PEFT).",
-                 config=LoraConfig, lr=1e-3, warmup_ratio=0.06)
+                 config=LoraConfig, lr=2e-3, warmup_ratio=0.06)
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     model = wrap_encoder(model, lora_peft_config(model.encoder, cfg))
     if cfg.train_norm:

@@ -41,9 +41,13 @@ class Limits:
 
 @dataclass
 class BatchConfig:
+    """Micro-batching: at most ``max_batch`` texts per forward pass, gathered for at most ``max_wait_ms``;
+    ``workers`` batches run side by side, each with ``threads_per_worker`` PyTorch threads (default: the
+    process's threads shared out)."""
+
     max_batch: int = 32
     max_wait_ms: float = 2.0
-    workers: int = 1
+    workers: int = 2
     threads_per_worker: Optional[int] = None
 
 
@@ -215,8 +219,11 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import torch
+
+        per_worker = batching.threads_per_worker or max(1, torch.get_num_threads() // batching.workers)
         batcher = MicroBatcher(registry, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
-                               workers=batching.workers, threads_per_worker=batching.threads_per_worker,
+                               workers=batching.workers, threads_per_worker=per_worker,
                                on_batch=metrics.on_batch)
         await batcher.start()
         batcher_box["b"] = batcher

@@ -58,7 +58,8 @@ class FastBertClassifier(nn.Module):
         enc = model.encoder
         cfg = enc.config
         emb = enc.embeddings
-        self.word, self.position, self.token_type = emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings
+        self.word, self.position = emb.word_embeddings, emb.position_embeddings
+        self.token_type = emb.token_type_embeddings
         self.emb_norm = emb.LayerNorm
         self.layers = nn.ModuleList(_Layer(layer) for layer in enc.encoder.layer)
         self.heads = cfg.num_attention_heads
@@ -92,7 +93,7 @@ class FastBertClassifier(nn.Module):
             scores = torch.baddbmm(bias.expand(b, nh, q.shape[2], t).reshape(b * nh, q.shape[2], t),
                                    q.reshape(b * nh, -1, hd), k.reshape(b * nh, t, hd).transpose(1, 2),
                                    alpha=scale)
-            ctx = torch.bmm(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v.reshape(b * nh, t, hd))
+            ctx = torch.bmm(scores.softmax(-1).to(v.dtype), v.reshape(b * nh, t, hd))
             ctx = ctx.view(b, nh, -1, hd).transpose(1, 2).reshape(b, -1, h)
             x = layer.norm1(layer.out(ctx) + x)
             x = layer.norm2(layer.down(self.act(layer.up(x))) + x)

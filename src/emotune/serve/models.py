@@ -93,6 +93,8 @@ class Engine:
     """Computes class probabilities for tokenized texts of one of its models."""
 
     tokenizer: object
+    # A fast tokenizer may reconfigure itself (truncation) inside a call: one call at a time.
+    tokenizer_lock: threading.Lock
 
     def probabilities(self, key: str, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         raise NotImplementedError
@@ -111,6 +113,7 @@ class PredictorEngine(Engine):
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.tokenizer = predictor.tokenizer
+        self.tokenizer_lock = threading.Lock()
 
     def probabilities(self, key: str, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         return torch.softmax(self.predictor.logits_from_ids(ids), -1)
@@ -205,6 +208,7 @@ class SharedLoraEngine(Engine):
         self.keys = dict(zip([r.path for r in runs], keys))
         self.active: str | None = None
         self.lock = threading.Lock()
+        self.tokenizer_lock = threading.Lock()
 
     def activate(self, key: str) -> None:
         if self.active == key:
@@ -264,7 +268,8 @@ class ServedModel:
         return self.run.config.data.max_length
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return encode(self.engine.tokenizer, texts, self.max_length)
+        with self.engine.tokenizer_lock:
+            return encode(self.engine.tokenizer, texts, self.max_length)
 
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
@@ -335,7 +340,8 @@ class ModelRegistry:
         for members in groups.values():
             if len(members) == 1:
                 name, run = members[0]
-                predictor = Predictor(run, precision=precision, device=device, batch_size=batch_size)
+                # one stream: the server's inference workers run batches side by side instead
+                predictor = Predictor(run, precision=precision, device=device, batch_size=batch_size, streams=1)
                 engine: Engine = PredictorEngine(predictor)
                 models[name] = ServedModel(name, run, engine, "", predictor.precision)
             else:
