@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("EMOTUNE_DATA_DIR", "../shared/data"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=64, help="emotune's and ONNX Runtime's batch size")
+    ap.add_argument("--batch-size", type=int, default=32, help="emotune's and ONNX Runtime's batch size")
     ap.add_argument("--precisions", default="fp32,bf16-autocast,bf16,int8")
     ap.add_argument("--streams", type=int, default=None, help="emotune's streams (default: its own, 2 on 2 threads)")
     ap.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile variant")

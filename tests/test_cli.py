@@ -96,7 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tiny_model, tmp_
 
     data = write_emotion_folder(tmp_path / "data")
     out = tmp_path / "run"
-    args = ["train", "emotion", "--data-dir", data, "--model", tiny_model, "--out", out, "--max-steps", 400,
+    args = ["train", "emotion", "--data-dir", data, "--model", tiny_model, "--out", out, "--max-steps", 150,
             "--epochs", 100, "--eval-every", 10, "--patience", 1000, "--precision", "fp32", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "emotune.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -112,4 +112,4 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tiny_model, tmp_
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
     train = json.loads((out / "metrics.json").read_text())["train"]
-    assert 0 < train["resumed_from_step"] < 400 and train["steps"] == 400
+    assert 0 < train["resumed_from_step"] < 150 and train["steps"] == 150

@@ -202,16 +202,16 @@ class Predictor:
 
     def compile(self) -> None:
         """``torch.compile`` the model once (dynamic shapes) and warm it up."""
-        import torch._inductor.config as inductor
-
-        inductor.freezing = True  # weights become constants: packed for the matrix units, folded casts
-        self.model = torch.compile(self.model, dynamic=True)
-        self.compiled = True
         ids = encode(self.tokenizer, ["warm up", "a somewhat longer sentence to warm the compiled model up"],
                      self.max_length)
-        # The compiled graph is specialised to the thread count: warm it up where it will run.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch-internal notices while compiling
+            import torch._inductor.config as inductor
+
+            inductor.freezing = True  # weights become constants: packed for the matrix units, folded casts
+            self.model = torch.compile(self.model, dynamic=True)
+            self.compiled = True
+            # The compiled graph is specialised to the thread count: warm it up where it will run.
             if self.streams > 1:
                 self.pool().submit(self._forward, ids).result()
             else:

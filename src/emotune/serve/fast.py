@@ -14,7 +14,6 @@ mathematics as ``TransformerClassifier`` over Transformers' ``BertModel``, with 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,8 +29,10 @@ def supports(model: nn.Module) -> bool:
             and getattr(model, "pooling", None) in ("mean", "cls", "pooler"))
 
 
-_ACTS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-         "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+# in place: the activation's input is a fresh tensor nothing else holds
+_ACTS = {"gelu": torch.ops.aten.gelu_, "relu": torch.relu_,
+         "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+         "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh")}
 
 
 class _Layer(nn.Module):
