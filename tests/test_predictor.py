@@ -91,3 +91,10 @@ def test_int8_quantizes_the_encoder_not_the_head(runs):
     assert quantized == {"FullRangeInt8Linear" if cpu_has_vnni() else "Linear"}
     assert all(getattr(m, "_packed_params", None) is not None for n, m in p.model.named_modules()
                if n.startswith("layers.") and type(m).__name__.endswith("Linear"))
+
+
+def test_padding_to_multiples_changes_nothing(runs):
+    ref = Predictor(runs["emo-lora"], precision="fp32", streams=1).probabilities(TEXTS)
+    p = Predictor(runs["emo-lora"], precision="fp32", streams=1, batch_size=3)
+    p.pad_multiple, p.batch_multiple = 8, 4  # what the server does to keep its set of shapes small
+    assert torch.allclose(p.probabilities(TEXTS), ref, atol=1e-5)

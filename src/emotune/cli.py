@@ -379,8 +379,10 @@ def serve(
     precision: str = typer.Option("auto", help="fp32, bf16, bf16-autocast, int8 or auto (bf16 where the CPU "
                                                "multiplies bfloat16 natively, else fp32)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: every core)."),
-    workers: int = typer.Option(2, help="Micro-batches run side by side, each on its share of the threads."),
+    workers: int = typer.Option(1, help="Micro-batches run side by side, each on its share of the threads."),
     max_batch: int = typer.Option(32, help="Most texts in one micro-batch."),
+    batch_size: int = typer.Option(16, help="Texts per forward pass: a micro-batch is sorted by length and cut "
+                                            "into passes of this size, so short texts are not padded to long ones."),
     max_wait_ms: float = typer.Option(2.0, help="How long a micro-batch waits for more requests."),
     max_texts: int = typer.Option(64, help="Most texts in one request."),
     max_chars: int = typer.Option(2000, help="Most characters in one text."),
@@ -392,7 +394,7 @@ def serve(
     from .serve.cli import serve as run_server
 
     run_server(run_dirs, host=host, port=port, precision=precision, threads=threads, workers=workers,
-               max_batch=max_batch,
+               max_batch=max_batch, batch_size=batch_size,
                max_wait_ms=max_wait_ms, max_texts=max_texts, max_chars=max_chars,
                max_body_bytes=max_body_bytes, share=share, log_level=log_level,
                echo=lambda msg: err.print(msg, highlight=False, soft_wrap=True))

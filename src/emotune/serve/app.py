@@ -47,7 +47,7 @@ class BatchConfig:
 
     max_batch: int = 32
     max_wait_ms: float = 2.0
-    workers: int = 2
+    workers: int = 1
     threads_per_worker: Optional[int] = None
 
 

@@ -9,7 +9,8 @@ from ..errors import ConfigError
 
 
 def serve(run_dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, precision: str = "auto",
-          threads: Optional[int] = None, workers: int = 2, max_batch: int = 32, max_wait_ms: float = 2.0,
+          threads: Optional[int] = None, workers: int = 1, max_batch: int = 32, batch_size: int = 16,
+          max_wait_ms: float = 2.0,
           max_texts: int = 64, max_chars: int = 2000, max_body_bytes: int = 1_000_000, share: bool = True,
           log_level: str = "warning", echo: Callable[[str], None] = print) -> None:
     import uvicorn
@@ -17,8 +18,8 @@ def serve(run_dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
     from .app import BatchConfig, Limits, create_app
     from .models import ModelRegistry
 
-    for name, value in (("--workers", workers), ("--max-batch", max_batch), ("--max-texts", max_texts),
-                        ("--max-chars", max_chars), ("--max-body-bytes", max_body_bytes)):
+    for name, value in (("--workers", workers), ("--max-batch", max_batch), ("--batch-size", batch_size),
+                        ("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-body-bytes", max_body_bytes)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1")
     if max_wait_ms < 0:
@@ -26,7 +27,7 @@ def serve(run_dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
     if not 0 <= port < 65536:
         raise ConfigError(f"--port {port} is not a port number")
     start = time.perf_counter()
-    registry = ModelRegistry.load(list(run_dirs), precision=precision, threads=threads, batch_size=max_batch,
+    registry = ModelRegistry.load(list(run_dirs), precision=precision, threads=threads, batch_size=batch_size,
                                   share=share)
     for name in registry.names:
         m = registry[name]

@@ -21,7 +21,7 @@ from torch import nn
 from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
-from ..predictor import Mode, Predictor, quantize_int8, resolve_mode
+from ..predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
 from ..runs import Run
 from ..train.loop import BEST, resolve_device
 from ..train.precision import autocast
@@ -29,6 +29,9 @@ from ..train.precision import autocast
 # A model name is a short plain word: never a path, never anything a request could use to reach a file.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUMMARY_METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
+# Batches are padded to these multiples (tokens, rows): a long-running server then sees few distinct
+# shapes, and its memory stays flat (see predictor.pad_batch); measured at no cost in throughput.
+PAD_TOKENS, PAD_ROWS = 8, 4
 
 
 def valid_name(name: object) -> bool:
@@ -227,10 +230,10 @@ class SharedLoraEngine(Engine):
         with self.lock:
             self.activate(key)
             for idx in batches([len(x) for x in ids], self.batch_size, shuffle=False):
-                b = collate([ids[i] for i in idx], pad)
+                b = pad_batch(collate([ids[i] for i in idx], pad), PAD_TOKENS, PAD_ROWS, pad)
                 with autocast(self.device, self.mode.compute):
                     logits = adapter.model(**{k: v.to(self.device) for k, v in b.items()})
-                out[idx] = logits.float().cpu()
+                out[idx] = logits[: len(idx)].float().cpu()
         return torch.softmax(out, -1)
 
     def modules(self) -> list[nn.Module]:
@@ -342,6 +345,7 @@ class ModelRegistry:
                 name, run = members[0]
                 # one stream: the server's inference workers run batches side by side instead
                 predictor = Predictor(run, precision=precision, device=device, batch_size=batch_size, streams=1)
+                predictor.pad_multiple, predictor.batch_multiple = PAD_TOKENS, PAD_ROWS
                 engine: Engine = PredictorEngine(predictor)
                 models[name] = ServedModel(name, run, engine, "", predictor.precision)
             else:
