@@ -31,7 +31,7 @@ from .data.encode import batches, collate, encode
 from .errors import ConfigError, DataError
 from .runs import Run
 from .train.loop import resolve_device
-from .train.precision import autocast, resolve_precision
+from .train.precision import autocast, cpu_flags, resolve_precision
 
 PRECISIONS = {
     "fp32": "float32 weights",
@@ -88,11 +88,7 @@ def merge_adapter(model: nn.Module) -> nn.Module:
 
 def cpu_has_vnni() -> bool:
     """True when the CPU has AVX512-VNNI or AVX-VNNI: int8 products accumulate in int32 without saturating."""
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return "avx512_vnni" in cpu_flags() or "avx_vnni" in cpu_flags()
 
 
 def quantize_int8(model: nn.Module, names: set[str] | None = None) -> nn.Module:

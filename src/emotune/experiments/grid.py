@@ -31,12 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from ..config import RunConfig
 from ..errors import ConfigError, EmotuneError, RunError
 from ..io import read_json, write_json, write_text
-from .settings import apply_settings, coerce, config_from, labels
+from .settings import apply_settings, coerce, config_from, labels, load_spec
 
 FILE_KEYS = {"name", "description", "base", "set", "axes", "grids"}
 GROUP_KEYS = {"name", "set", "axes"}
@@ -63,20 +61,7 @@ class Grid:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> "Grid":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            spec = yaml.safe_load(text)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: experiment file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        try:
-            grid = cls.from_dict(spec, overrides, default_name=path.stem)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        grid.source = text
-        return grid
+        return load_spec(path, "experiment file", lambda spec, stem: cls.from_dict(spec, overrides, default_name=stem))
 
     @classmethod
     def from_dict(cls, spec: Any, overrides: Iterable[tuple[str, Any]] = (), *,

@@ -4,7 +4,8 @@ axes, search spaces and ``--set`` overrides share, plus short labels for run nam
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 
@@ -122,3 +123,25 @@ def labels(values: dict[str, Any]) -> list[str]:
     """``key=value`` labels with short keys (the full key where two short keys would clash)."""
     shorts = [short_name(k) for k in values]
     return [f"{s if shorts.count(s) == 1 else k}={format_value(v)}" for s, (k, v) in zip(shorts, values.items())]
+
+
+T = TypeVar("T")
+
+
+def load_spec(path: str | Path, what: str, build: Callable[[Any, str], T]) -> T:
+    """Read a YAML file, build an object from it with ``build(spec, file_stem)`` and keep the text as its
+    ``source``; every error names the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        spec = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        obj = build(spec, path.stem)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    obj.source = text  # type: ignore[attr-defined]
+    return obj

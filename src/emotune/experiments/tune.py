@@ -33,14 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from ..config import RunConfig
 from ..errors import ConfigError, RunError
 from ..io import read_json, write_json, write_text
 from ..registry import Registry
 from ..train.metrics import HIGHER_IS_BETTER
-from .settings import apply_settings, config_from, format_value, labels
+from .settings import apply_settings, config_from, format_value, labels, load_spec
 
 FILE_KEYS = {"study", "base", "objective", "sampler", "pruner", "storage", "space"}
 PARAM_TYPES = ("float", "int", "categorical")
@@ -122,20 +120,8 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> "SearchSpace":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            spec = yaml.safe_load(text)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: search space file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        try:
-            space = cls.from_dict(spec, overrides, default_name=path.stem)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        space.source = text
-        return space
+        return load_spec(path, "search space file",
+                         lambda spec, stem: cls.from_dict(spec, overrides, default_name=stem))
 
     @classmethod
     def from_dict(cls, spec: Any, overrides: Iterable[tuple[str, Any]] = (), *,

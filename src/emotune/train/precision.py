@@ -20,13 +20,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @lru_cache(maxsize=1)
+def cpu_flags() -> str:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere), read once."""
+    try:
+        return open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where bf16 is far faster."""
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
