@@ -12,8 +12,9 @@ from .data import load_data
 from .data.encode import Encoded, encode
 from .errors import DataError, RunError
 from .io import write_json, write_text
+from .models.vocab import WordTokenizer
 from .predictor import Predictor
-from .runs import CONFIG, LABELS, RUN_FILES, Run, build_model, find_runs, write_predictions
+from .runs import CONFIG, LABELS, RUN_FILES, VOCAB, Run, build_model, find_runs, write_predictions
 from .train.loop import CHECKPOINT, Trainer, TrainResult, evaluate_classifier
 
 
@@ -39,14 +40,20 @@ def _prepare_out_dir(cfg: RunConfig, out: Path, overwrite: bool) -> None:
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
-    """Fill the method's default learning rate and warm-up into the config that gets saved."""
+    """Fill the method's (or classic model's) default learning rate and warm-up, and a classic model's
+    options, into the config that gets saved."""
     from .methods import METHODS
+    from .models import MODELS, is_classic
+    from .models.classic import resolve_options
 
     method = METHODS.get(cfg.method.get("name", ""))
     method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
     resolved = RunConfig.from_dict(cfg.to_dict())
+    classic = MODELS.get(cfg.model.name) if is_classic(cfg.model.name) else None
+    if classic:  # every option recorded, and classic models' own default learning rate
+        resolved.model.options = resolve_options(resolved)
     if resolved.train.lr is None:
-        resolved.train.lr = method.lr
+        resolved.train.lr = classic.lr if classic else method.lr
     if resolved.data.data_dir:  # absolute, so `evaluate` works from any folder
         resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
     if resolved.train.warmup_ratio is None:
@@ -61,21 +68,31 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
 
     ``on_step(step)`` runs after every optimisation step (return True to stop with a checkpoint);
     ``on_evaluate(step, validation_metrics)`` after every validation (e.g. to prune a search trial)."""
+    from .methods import lr_scales
+
+    if cfg.method.get("name") == "zero-shot":  # nothing to train: build, evaluate on validation, write the run
+        from .zeroshot import zero_shot
+
+        return zero_shot(cfg, out, overwrite=overwrite, progress=progress)
     out = Path(out)
     cfg = resolve_config(cfg)
     _prepare_out_dir(cfg, out, overwrite)
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
-    model, tokenizer, _ = build_model(cfg, len(data.label_names))
+    # Classic models build their vocabulary from the training texts and keep it in the run folder.
+    model, tokenizer, _ = build_model(cfg, len(data.label_names), texts=train_split.texts)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, data.label_names)
+    if isinstance(tokenizer, WordTokenizer):
+        tokenizer.save(out / VOCAB)
     enc_train = Encoded(encode(tokenizer, train_split.texts, cfg.data.max_length), train_split.labels)
     enc_val = Encoded(encode(tokenizer, val_split.texts, cfg.data.max_length), val_split.labels)
     assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
-                      progress=progress, on_step=on_step, on_evaluate=on_evaluate)
+                      progress=progress, on_step=on_step, on_evaluate=on_evaluate,
+                      lr_scales=lr_scales(cfg.method, model))
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_classifier(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,

@@ -42,7 +42,9 @@ def friendly(fn):
 METRIC_ROWS = [("loss", "loss"), ("accuracy", "accuracy"), ("precision_weighted", "precision (weighted)"),
                ("recall_weighted", "recall (weighted)"), ("f1_weighted", "F1 (weighted)"),
                ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"),
-               ("f1_macro", "F1 (macro)")]
+               ("f1_macro", "F1 (macro)"), ("f1_pn", "F1-PN (mean F1 of positive, negative)")]
+# SemEval-2017 4A's names, shown for positive/negative data (where f1_pn exists).
+SENTIMENT_ROW_NAMES = {"recall_macro": "recall (macro) = AvgRec"}
 TRAIN_ROWS = [("runtime_s", "runtime (s)"), ("steps", "steps"), ("best_step", "steps to best"),
               ("steps_per_s", "steps/s"), ("samples_per_s", "samples/s"), ("peak_memory_mb", "peak memory (MB)"),
               ("trainable_params", "trainable parameters"), ("trainable_pct", "trainable %"),
@@ -63,8 +65,11 @@ def print_metrics(metrics: dict, title: str) -> None:
     table.add_column("metric")
     for s in splits:
         table.add_column(s, justify="right")
+    sentiment = any("f1_pn" in metrics[s] for s in splits)
     for key, name in METRIC_ROWS:
-        table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
+        if any(key in metrics[s] for s in splits):  # f1_pn only exists for positive/negative data
+            name = SENTIMENT_ROW_NAMES.get(key, name) if sentiment else name
+            table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
     if "train" in metrics:
         table.add_section()
         for key, name in TRAIN_ROWS:
@@ -84,8 +89,10 @@ def train(
                                                       "(default: $EMOTUNE_DATA_DIR, else the hub)"),
     text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
     label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
-    model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id."),
-    method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora)"),
+    model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id; or a "
+                                                   "classic model (`emotune models`: baseline, bilstm...)."),
+    method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora; "
+                                                    "full for classic models)"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the method's)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size. (default: 16)"),
     epochs: Optional[float] = typer.Option(None, help="Maximum epochs. (default: 10)"),
@@ -117,6 +124,10 @@ def train(
                        ("data.max_eval_samples", max_eval_samples)]:
         if value is not None:
             sets.append(f"{key}={value}")
+    if method is None and config is None and model is not None:
+        from .models import is_classic
+
+        method = "full" if is_classic(model) else None  # classic models' only method
     if method is not None and method != cfg.method.get("name"):
         cfg.method = {"name": method}
     cfg = cfg.override(sets + list(set_))
@@ -126,6 +137,70 @@ def train(
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
     print_metrics(metrics, f"{out_dir}")
+
+
+@app.command()
+@friendly
+def zeroshot(
+    dataset: str = typer.Argument(..., help="Registered data set (mr, emotion...), a CSV/TSV/JSONL file or folder, "
+                                            "or a Hugging Face hub id."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
+    how: Optional[str] = typer.Option(None, help="embed (sentence embeddings vs label descriptions), llm (label "
+                                                 "likelihood under a small LM) or transfer (a run trained on other "
+                                                 "data, with a label map). (default: embed)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; options below "
+                                                                       "override it."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root holding emotion/, mr/... "
+                                                      "(default: $EMOTUNE_DATA_DIR, else the hub)"),
+    text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
+    model: Optional[str] = typer.Option(None, help="embed: the encoder (default minilm); llm: a causal LM "
+                                                   "(default smollm2: SmolLM2-135M-Instruct, pip-shipped)."),
+    source: Optional[Path] = typer.Option(None, help="transfer: the trained run folder to transfer from."),
+    label_map: list[str] = typer.Option([], "--map", help="transfer: SOURCE=TARGET label pairs (repeatable), e.g. "
+                                                          "--map joy=positive --map sadness=negative; or one "
+                                                          "named map (emotion-polarity)."),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16. (default: auto)"),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Validate/test on seeded samples of N examples."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Any config field, e.g. method.calibrate=none, "
+                                                           "method.template='This review is {label}.'"),
+    test: bool = typer.Option(False, "--test", help="Also evaluate on the test split."),
+    overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Classify without training on the data: a run folder like a trained one (evaluate, predict, serve, report).
+
+    Options of each kind are method fields (`emotune methods` lists them), set with --set method.NAME=VALUE."""
+    from . import api
+    from .config import RunConfig
+    from .errors import ConfigError
+
+    cfg = RunConfig.from_yaml(config) if config else RunConfig()
+    spec = dict(cfg.method) if cfg.method.get("name") == "zero-shot" else {"name": "zero-shot"}
+    spec["how"] = how or spec.get("how", "embed")
+    if source is not None:
+        spec["source"] = str(source.expanduser().resolve())  # the run folder works from any directory later
+    if len(label_map) == 1 and "=" not in label_map[0]:
+        spec["label_map"] = label_map[0]
+    elif label_map:
+        pairs = [m.partition("=") for m in label_map]
+        if any(not sep or not a.strip() or not b.strip() for a, sep, b in pairs):
+            raise ConfigError("--map takes SOURCE=TARGET label pairs, e.g. --map joy=positive")
+        spec["label_map"] = {a.strip(): b.strip() for a, _, b in pairs}
+    cfg.method = spec
+    if model is None and spec["how"] == "llm" and cfg.model.name == "minilm":
+        model = "smollm2"  # the llm kind's default model
+    sets = [f"data.name={dataset}"]
+    for key, value in [("data.data_dir", data_dir), ("data.text_column", text_column),
+                       ("data.label_column", label_column), ("model.name", model), ("train.precision", precision),
+                       ("data.max_eval_samples", max_eval_samples)]:
+        if value is not None:
+            sets.append(f"{key}={value}")
+    cfg = cfg.override(sets + list(set_))
+    metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
+    if test:
+        metrics["test"] = api.evaluate(out_dir, "test")
+    print_metrics(metrics, f"{out_dir} (zero-shot {spec['how']})")
 
 
 @app.command()
@@ -212,12 +287,35 @@ def runs(root: Path = typer.Argument(Path("runs"), help="Folder to search for ru
 @app.command()
 def methods():
     """List the fine-tuning methods with their options."""
+    from rich.markup import escape
+
     from .methods import METHODS, option_help
 
     for name, m in METHODS.items():
-        out.print(f"[bold]{name}[/bold]: {m.description} (default lr {m.lr:g}, warm-up {m.warmup_ratio:g})",
-                  highlight=False)
+        figures = f"default lr {m.lr:g}, warm-up {m.warmup_ratio:g}" if m.trains else "no training"
+        out.print(f"[bold]{name}[/bold]: {escape(m.description)} ({figures})", highlight=False)
+        reason = m.unavailable() if m.unavailable else None
+        if reason:
+            out.print(f"    not available here: {escape(reason)}", highlight=False)
         for opt, (default, help_) in option_help(m).items():
+            out.print(f"    {opt} = {escape(repr(default))}: {escape(help_)}", highlight=False)
+
+
+@app.command()
+def models():
+    """List the classic models (model.name) with their options (model.options.NAME=value)."""
+    from .models import MODELS
+    from .models.classic import EmbeddingOptions, option_help
+
+    out.print("Any other model.name is a pretrained transformer encoder: minilm (default), a local folder or a "
+              "Hugging Face model id. Classic models train with method full; the lab's recipe adds "
+              "train.metric=loss train.patience=5.", highlight=False)
+    out.print("[bold]every classic model[/bold]: the vocabulary and its word vectors", highlight=False)
+    for opt, (default, help_) in option_help(EmbeddingOptions).items():
+        out.print(f"    {opt} = {default!r}: {help_}", highlight=False)
+    for name, m in MODELS.items():
+        out.print(f"[bold]{name}[/bold]: {m.description} (default lr {m.lr:g})", highlight=False)
+        for opt, (default, help_) in option_help(m.options_cls, own=True).items():
             out.print(f"    {opt} = {default!r}: {help_}", highlight=False)
 
 
@@ -398,6 +496,131 @@ def serve(
                max_wait_ms=max_wait_ms, max_texts=max_texts, max_chars=max_chars,
                max_body_bytes=max_body_bytes, share=share, log_level=log_level,
                echo=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+
+
+@app.command()
+@friendly
+def compose(
+    run_dirs: list[Path] = typer.Argument(..., help="Trained LoRA runs on the same base model, same rank."),
+    data: str = typer.Option(..., "--data", help="The new task: a registered data set, a CSV/TSV/JSONL file or "
+                                                 "folder, or a hub id."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder for the composed adapter + head."),
+    shots: int = typer.Option(20, help="Labelled examples of the new task, in total: a seeded sample of its "
+                                       "training split, stratified (at least one per label)."),
+    trials: int = typer.Option(40, help="CMA-ES trials (candidate mixing weights)."),
+    l1: float = typer.Option(0.05, help="Weight of |w|_1 in the objective (LoraHub's regularisation)."),
+    head_c: float = typer.Option(0.01, help="Inverse regularisation strength of the logistic-regression head "
+                                            "(on standardised features)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root (default: $EMOTUNE_DATA_DIR, else the hub)"),
+    text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Score on seeded samples of N validation/test "
+                                                              "examples."),
+    seed: int = typer.Option(42, help="Seed of the shots, the folds and the sampler."),
+    test: bool = typer.Option(False, "--test", help="Also score every candidate on the test split."),
+    overwrite: bool = typer.Option(False, help="Replace a finished run in --out."),
+):
+    """Mix LoRA adapters for a new task from a few shots (LoraHub: CMA-ES over the mixing weights, a
+    logistic-regression head per candidate, no gradient through the base)."""
+    from .compose import compose as run_compose
+
+    r = run_compose(run_dirs, data, out_dir, shots=shots, trials=trials, l1=l1, c=head_c, data_dir=data_dir,
+                    text_column=text_column, label_column=label_column, max_eval_samples=max_eval_samples,
+                    seed=seed, test=test, overwrite=overwrite)
+    splits = list(r.composed.splits)
+    table = Table(title=f"{out_dir}: {r.shots} shots, {trials} trials (same shots and head for every row)")
+    for c in ("encoder", "weights", "CV log-loss", *[f"{s} {m}" for s in splits for m in ("accuracy", "F1 (w)")]):
+        table.add_column(c, justify="left" if c in ("encoder", "weights") else "right")
+    for cand in [r.composed, *r.adapters, r.base]:
+        table.add_row(cand.name, " ".join(f"{w:+.3f}" for w in cand.weights or []), _fmt(cand.cv_log_loss),
+                      *[_fmt(cand.splits[s][m]) for s in splits for m in ("accuracy", "f1_weighted")])
+    out.print(table)
+    out.print("zero-shot baseline: `emotune zeroshot` on the same data; metrics.json holds every row "
+              "(composed_from, baselines).", highlight=False)
+
+
+@app.command()
+@friendly
+def analyze(
+    run_dirs: list[Path] = typer.Argument(..., help="Fine-tuned runs (full fine-tuning, LoRA...) to compare with "
+                                                    "their pretrained base model."),
+    top_k: int = typer.Option(10, help="Top singular vectors of each fine-tuned matrix tested for intrusion."),
+    epsilon: float = typer.Option(0.5, help="Intruder threshold: largest |cosine| with every pretrained singular "
+                                            "vector below this."),
+    out_dir: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for analysis.json, analysis.md "
+                                                                       "and the plots (`emotune report` picks "
+                                                                       "it up when given this folder)."),
+):
+    """Intruder dimensions and update ranks of LoRA vs full fine-tuning, per weight matrix (arXiv 2410.21228)."""
+    from .analyze import analyze as run_analysis
+
+    r = run_analysis(run_dirs, out_dir, top_k=top_k, epsilon=epsilon,
+                     on_run=lambda name: err.print(f"analysing {name}", highlight=False))
+    table = Table(title=f"intruder dimensions (top-{top_k}, epsilon {epsilon})")
+    for c in ("run", "method", "matrices changed", "intruders", "matrices with intruders", "mean eff. rank dW",
+              "||dW||_F"):
+        table.add_column(c, justify="left" if c in ("run", "method") else "right")
+    for run in r.data["runs"]:
+        t = run["totals"]
+        table.add_row(run["label"], run["method"], _fmt(t["matrices"]), _fmt(t["intruders"]),
+                      _fmt(t["matrices_with_intruders"]), _fmt(t["mean_effective_rank"]), _fmt(t["update_norm"]))
+    out.print(table)
+    out.print(f"analysis: {r.json}, {r.markdown} ({len(r.figures)} plots)", highlight=False)
+
+
+@app.command("export")
+@friendly
+def export_run(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write the Transformers model to."),
+    merged: bool = typer.Option(False, "--merged", help="Merge the adapter into the base: a standalone model "
+                                                        "folder that AutoModelForSequenceClassification loads."),
+    stock: bool = typer.Option(False, "--stock", help="Refuse unless a stock Transformers class reproduces the "
+                                                      "run (pooling=pooler on BERT-type encoders); without it, "
+                                                      "mean/cls pooling ship emotune's class (trust_remote_code)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+):
+    """Export a run as a Transformers model folder (adapter merged, predictions verified against emotune)."""
+    from .errors import ConfigError
+    from .export import export_merged
+
+    if not merged:
+        raise ConfigError("only merged export is available: pass --merged")
+    r = export_merged(run_dir, out_dir, stock_only=stock, overwrite=overwrite)
+    load = (f"AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}"
+            f"{', trust_remote_code=True' if r.trust_remote_code else ''})")
+    out.print(f"exported {run_dir} -> {out_dir} ({r.model_class}; probabilities within {r.max_abs_diff:.1e} of "
+              f"emotune's on the check texts)\nload with: {load}", highlight=False)
+
+
+@app.command("merge")
+@friendly
+def merge_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished LoRA runs of one task (same base and labels)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write the merged run to."),
+    how: str = typer.Option("linear", help="linear, ties, dare (dare_linear), dare_ties, magnitude_prune, cat, "
+                                           "svd, ties_svd, dare_linear_svd, dare_ties_svd (PEFT's "
+                                           "add_weighted_adapter)."),
+    weights: Optional[str] = typer.Option(None, help="One weight per run, comma-separated (default: equal, "
+                                                     "summing to 1). Heads and norms average with them normalised."),
+    density: Optional[float] = typer.Option(None, help="Share of entries kept by ties/dare/magnitude_prune "
+                                                       "(default 0.5)."),
+    rank: Optional[int] = typer.Option(None, help="Rank of the svd combinations' result (default: the largest)."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root for the validation evaluation, if it moved."),
+    evaluate_: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate the merged run on "
+                                                                          "validation."),
+    overwrite: bool = typer.Option(False, help="Replace a run in --out."),
+):
+    """Merge LoRA adapters of the same task into a new run, evaluated on validation like any run."""
+    from .merge import merge_runs
+
+    metrics = merge_runs(run_dirs, out_dir, how=how, weights=weights, density=density, rank=rank,
+                         evaluate=evaluate_, data_dir=data_dir, overwrite=overwrite)
+    m = metrics["merged_from"]
+    if "validation" in metrics:
+        print_metrics({"validation": metrics["validation"]}, f"{out_dir} ({m['how']}, weights {m['weights']})")
+    else:
+        out.print(f"merged into {out_dir} ({m['how']}, weights {m['weights']})", highlight=False)
 
 
 def main() -> None:

@@ -34,6 +34,38 @@ class DataConfig:
     max_eval_samples: int | None = _f(None, "Use only the first N validation and test examples "
                                             "(after a seeded shuffle).")
     max_length: int = _f(128, "Truncate texts to this many tokens.")
+    validation_fraction: float = _f(0.1, "Fraction of the training data held out as validation (seeded by "
+                                         "train.seed) when the data set has no validation split.")
+    cv_folds: int | None = _f(None, "Cross-validation: pool train and test and split them into this many "
+                                    "stratified folds (seeded by train.seed); needs data.cv_fold.")
+    cv_fold: int | None = _f(None, "Cross-validation: the fold (0-based, below data.cv_folds) used as the "
+                                   "test split; the other folds are the training data. A grid axis over "
+                                   "0..cv_folds-1 runs the whole cross-validation.")
+    test_files: list[str] = _f([], "Extra files used as the test split, for data sets that read them "
+                                   "(semeval2017a: `id<TAB>label<TAB>text` files); relative paths resolve "
+                                   "against the current folder.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.test_files, str):  # `--set data.test_files=gold.tsv`
+            self.test_files = [self.test_files]
+        if not isinstance(self.test_files, (list, tuple)):
+            raise ConfigError(f"data.test_files must be a list of paths, got {self.test_files!r}")
+        # Absolute paths, so `emotune evaluate` finds them from any folder later.
+        self.test_files = [str(Path(str(p)).expanduser().resolve()) for p in self.test_files]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for inconsistent options (also called by load_data, after any mutation)."""
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        if self.cv_folds is None and self.cv_fold is None:
+            return
+        if self.cv_folds is None or self.cv_fold is None:
+            raise ConfigError("cross-validation needs both data.cv_folds (e.g. 10) and data.cv_fold (0-based)")
+        if self.cv_folds < 2:
+            raise ConfigError(f"data.cv_folds must be at least 2, got {self.cv_folds}")
+        if not 0 <= self.cv_fold < self.cv_folds:
+            raise ConfigError(f"data.cv_fold must be in 0..{self.cv_folds - 1} (0-based), got {self.cv_fold}")
 
 
 @dataclass
@@ -41,12 +73,15 @@ class ModelConfig:
     """The network that reads the text."""
 
     name: str = _f("minilm", "Encoder: an alias (`minilm` = the pip-shipped all-MiniLM-L6-v2), a local "
-                             "folder or any Hugging Face model id.")
+                             "folder or any Hugging Face model id; or a classic model registered by name "
+                             "(`emotune models` lists them).")
     pooling: str = _f("mean", "How token vectors become one sentence vector: `mean` (masked average, what "
                               "sentence encoders such as MiniLM were trained with), `cls` (first token) or "
                               "`pooler` (first token through the encoder's pretrained dense+tanh pooler, as in "
                               "BertForSequenceClassification).")
     dropout: float = _f(0.1, "Dropout before the classification layer.")
+    options: dict[str, Any] = _f({}, "Options of a classic model (embeddings, sizes, layers...; "
+                                     "`emotune models` lists them); unused by pretrained encoders.")
 
 
 @dataclass
@@ -65,7 +100,8 @@ class TrainConfig:
     eval_every: int = _f(250, "Evaluate on the validation split every N optimisation steps (and at the "
                               "end of each epoch).")
     metric: str = _f("accuracy", "Validation metric that picks the best checkpoint and drives early stopping "
-                                 "(accuracy, f1_weighted, f1_macro, recall_macro or loss).")
+                                 "(accuracy, f1_weighted, f1_macro, recall_macro (= SemEval's AvgRec), f1_pn "
+                                 "(positive/negative data) or loss).")
     patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
                                  "None disables early stopping.")
     max_epochs: float = _f(10, "Upper bound on passes over the training data.")
@@ -125,16 +161,22 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def override(self, assignments: list[str]) -> "RunConfig":
-        """Return a copy with ``section.field=value`` assignments applied (values parsed as YAML)."""
+        """Return a copy with ``section.field=value`` assignments applied (values parsed as YAML). Deeper keys
+        set entries of mapping fields: ``model.options.hidden=128``."""
         d = self.to_dict()
         for a in assignments:
             key, sep, raw = a.partition("=")
             if not sep or "." not in key:
                 raise ConfigError(f"bad override {a!r}: expected section.field=value, e.g. train.lr=1e-3")
-            section, name = key.strip().split(".", 1)
+            section, *path, name = key.strip().split(".")
             if section not in d:
                 raise ConfigError(f"bad override {a!r}: unknown section {section!r}")
-            d[section][name] = yaml.safe_load(raw)
+            target = d[section]
+            for i, part in enumerate(path):
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"bad override {a!r}: {'.'.join([section, *path[:i + 1]])} is not a mapping")
+            target[name] = yaml.safe_load(raw)
         return RunConfig.from_dict(d)
 
 

@@ -11,9 +11,10 @@ Precision (``precision=``):
   activations quantized per batch; VNNI kernels on x86), everything else float32. CPU only.
 - ``auto``: ``bf16`` where the CPU/GPU multiplies bfloat16 natively, else ``fp32``.
 
-Every explicit precision is an inference mode: a single LoRA adapter is merged into the base weights
-first (no adapter branch left at run time). Texts are tokenized once, sorted by length and batched so
-little padding is computed; the forward runs under ``torch.inference_mode``.
+Every explicit precision is an inference mode: a mergeable adapter (LoRA family, IA3, VeRA; a QLoRA
+base is dequantized) is merged into the base weights first (no adapter branch left at run time). Texts
+are tokenized once, sorted by length and batched so little padding is computed; the forward runs under
+``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -79,9 +80,17 @@ def resolve_mode(precision: str | None, run: Run, device: torch.device) -> Mode:
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:
-    """Fold a PEFT adapter into the encoder's weights (one plain encoder, no adapter branch)."""
+    """Fold a PEFT adapter into the encoder's weights (one plain encoder, no adapter branch) where PEFT can:
+    the LoRA family, (IA)^3, VeRA. A 4-bit (QLoRA) encoder becomes a float one, its weights dequantized and
+    the adapter added. Prefix and prompt tuning stay as they are (their virtual tokens are no weight update)."""
+    from .methods.qlora import dequantize_merge, is_quantized
+
     encoder = getattr(model, "encoder", None)
-    if encoder is not None and hasattr(encoder, "merge_and_unload"):
+    if encoder is None:
+        return model
+    if is_quantized(encoder):
+        model.encoder = dequantize_merge(encoder)
+    elif hasattr(encoder, "merge_and_unload"):  # prompt-learning PeftModels have none
         model.encoder = encoder.merge_and_unload()
     return model
 
@@ -103,7 +112,8 @@ def quantize_int8(model: nn.Module, names: set[str] | None = None) -> nn.Module:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         if names is None:
-            names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")}
+            # exactly nn.Linear: MultiheadAttention's out_proj (a subclass) is read as a float weight
+            names = {n for n, m in model.named_modules() if type(m) is nn.Linear and n.startswith("encoder.")}
         model = quantize_dynamic(model, {n: per_channel_dynamic_qconfig for n in names}, inplace=True)
     if cpu_has_vnni() and torch.backends.quantized.engine in ("x86", "fbgemm"):
         full_range = _full_range_linear()

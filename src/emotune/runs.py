@@ -3,6 +3,7 @@
     config.yaml               the resolved configuration (method defaults filled in)
     labels.json               label names, in the order of the model's outputs
     model.safetensors         best weights: the trainable ones only (adapter + head for PEFT methods)
+    vocab.json                classic models: the training words (frozen word vectors are rebuilt from it)
     history.json              every validation evaluation
     metrics.json              best validation metrics, training figures, test metrics once evaluated
     predictions_<split>.csv   per-text predictions and class probabilities
@@ -24,15 +25,26 @@ from .io import load_tensors, read_json, write_json, write_text
 from .train.loop import BEST, CHECKPOINT, HISTORY
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
-RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, CHECKPOINT)
+VOCAB = "vocab.json"  # classic models' word vocabulary
+RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, CHECKPOINT, VOCAB)
 
 
-def build_model(cfg: RunConfig, num_labels: int):
-    """(model, tokenizer, method) as configured, before any training."""
+def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
+                run_dir: Path | None = None):
+    """(model, tokenizer, method) as configured, before any training. A classic model (``model.name`` in
+    ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s."""
     from .methods import apply_method
-    from .models import build_transformer
+    from .models import build_classic, build_transformer, is_classic
 
     torch.manual_seed(cfg.train.seed)
+    if cfg.method.get("name") == "zero-shot":  # nothing trains: built from the config and the run's label names
+        from .methods import METHODS
+        from .zeroshot import build_zero_shot
+
+        labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
+        return (*build_zero_shot(cfg, labels, fit=False), METHODS.get("zero-shot"))  # head: model.safetensors
+    if is_classic(cfg.model.name):
+        return build_classic(cfg, num_labels, texts=texts, vocab_file=run_dir / VOCAB if run_dir else None)
     model, tokenizer = build_transformer(cfg.model, num_labels)
     model, method, _ = apply_method(model, cfg.method)
     return model, tokenizer, method
@@ -71,7 +83,7 @@ class Run:
         """(model, tokenizer) with the best weights, in float32 on the CPU."""
         if not (self.path / BEST).is_file():
             raise RunError(f"{self.path}: no trained weights ({BEST}); the run has not finished an evaluation")
-        model, tokenizer, _ = build_model(self.config, len(self.labels))
+        model, tokenizer, _ = build_model(self.config, len(self.labels), run_dir=self.path)
         weights, _ = load_tensors(self.path / BEST)
         params = dict(model.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in weights]

@@ -13,7 +13,6 @@ from ..errors import DataError
 from ..registry import Registry
 
 SPLITS = ("train", "validation", "test")
-VALIDATION_FRACTION = 0.1  # carved from train (seeded) when a data set has no validation split
 
 
 @dataclass
@@ -43,6 +42,9 @@ class Split:
 
     def _pick(self, idx: list[int]) -> "Split":
         return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+    def __add__(self, other: "Split") -> "Split":
+        return Split(self.texts + other.texts, self.labels + other.labels)
 
 
 @dataclass
@@ -76,7 +78,9 @@ def data_root(cfg: DataConfig) -> Path | None:
 
 
 def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
-    """Resolve ``cfg.name`` (registered name, local file/folder, or hub id) and apply the sample caps."""
+    """Resolve ``cfg.name`` (registered name, local file/folder, or hub id); then pick the cross-validation
+    fold, carve a validation split where the data set has none, and apply the sample caps (all seeded)."""
+    cfg.validate()
     if cfg.name in DATASETS:
         data = DATASETS.get(cfg.name)(cfg, data_root(cfg))
     elif Path(cfg.name).expanduser().exists():
@@ -90,13 +94,31 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
     else:
         raise DataError(f"unknown data set {cfg.name!r}: not a registered name ({', '.join(DATASETS)}), "
                         "an existing file or folder, or a hub id (owner/name)")
+    if cfg.cv_folds is not None:
+        cross_validation_fold(data, cfg.cv_folds, cfg.cv_fold or 0, seed)
     if "validation" not in data.splits and "train" in data.splits:
-        data.splits["train"], data.splits["validation"] = data.splits["train"].carve(VALIDATION_FRACTION, seed)
+        data.splits["train"], data.splits["validation"] = data.splits["train"].carve(cfg.validation_fraction, seed)
     for split, n in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
                      ("test", cfg.max_eval_samples)):
         if split in data.splits:
             data.splits[split] = data.splits[split].head(n, seed)
     return data
+
+
+def cross_validation_fold(data: Splits, folds: int, fold: int, seed: int) -> None:
+    """Pool train and test, split them into ``folds`` stratified folds (seeded): fold ``fold`` becomes the
+    test split and the others the training split. A validation split of the data set's own is kept."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pooled = data["train"] + data.splits["test"] if "test" in data.splits else data["train"]
+    counts = [pooled.labels.count(i) for i in sorted(set(pooled.labels))]
+    if min(counts) < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} examples of every label; "
+                        f"data set {data.name!r} has {min(counts)} of its rarest")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, test_idx = list(splitter.split(pooled.texts, pooled.labels))[fold]
+    data.splits["train"] = pooled._pick(sorted(int(i) for i in train_idx))
+    data.splits["test"] = pooled._pick(sorted(int(i) for i in test_idx))
 
 
 def read_text(path: Path) -> list[str]:

@@ -69,8 +69,14 @@ def apply_setting(d: dict, key: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"bad setting {key!r}: give a field ({section}.field) or a mapping")
         d[section].update(value)
-    else:
-        d[section][name] = value
+    else:  # deeper keys (model.options.hidden) set entries of nested mappings
+        *path, last = name.split(".")
+        target = d[section]
+        for part in path:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"bad setting {key!r}: {section}.{part} is not a mapping")
+        target[last] = value
 
 
 def apply_settings(cfg: RunConfig, settings: dict[str, Any] | Iterable[tuple[str, Any]]) -> RunConfig:

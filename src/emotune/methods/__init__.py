@@ -1,6 +1,7 @@
 """Fine-tuning methods, one small module each, registered by name."""
 
-from . import full, lora  # noqa: F401  (registration)
-from .base import METHODS, Method, apply_method, option_help, register_method
+from . import dora, full, ia3, loftq, lora, loraplus, pissa, prefix, prompt, qlora, vera  # noqa: F401, I001
+from .base import METHODS, Method, apply_method, lr_scales, method_options, option_help, register_method
+from ..zeroshot import method as _zero_shot  # noqa: E402,F401,I001  (registers "zero-shot"; after .base)
 
-__all__ = ["METHODS", "Method", "apply_method", "option_help", "register_method"]
+__all__ = ["METHODS", "Method", "apply_method", "lr_scales", "method_options", "option_help", "register_method"]

@@ -23,6 +23,19 @@ class Method:
     """Default peak learning rate, found on validation data for the default encoder."""
     warmup_ratio: float = 0.0
     """Default share of steps spent warming up."""
+    trains: bool = True
+    """False for a method that learns nothing by gradient (zero-shot): the per-method training tests skip it."""
+    lr_scales: Callable[[Any, list[str]], dict[str, float]] | None = None
+    """``(cfg, trainable parameter names) -> {name: multiplier}``: parameters whose learning rate is the
+    schedule's times a factor (LoRA+: the B matrices); the rest use the schedule's rate."""
+    shared_adapter: Callable[[nn.Module, Any], Any] | None = None
+    """``(encoder, cfg) -> PEFT config`` for adapters that leave the base weights untouched: runs of such
+    methods on one base can share a single copy of it (serving adds one PEFT adapter per run). None for
+    methods that change or quantize the base (PiSSA, QLoRA...) or are not a PEFT LoRA-type adapter."""
+    mergeable: bool = True
+    """Whether the trained update folds into the base weights (prefix/prompt tuning: no)."""
+    unavailable: Callable[[], str | None] | None = None
+    """Why the method cannot run on this machine (e.g. it needs CUDA), or None when it can."""
 
     def make_config(self, options: dict[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(self.config_cls)}
@@ -39,24 +52,40 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, *, description: str, config: type, lr: float, warmup_ratio: float = 0.0):
-    """Decorator registering ``apply(model, cfg) -> model`` as a fine-tuning method."""
+def register_method(name: str, *, description: str, config: type, lr: float, warmup_ratio: float = 0.0,
+                    **hooks: Any):
+    """Decorator registering ``apply(model, cfg) -> model`` as a fine-tuning method; ``hooks`` are the
+    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable)."""
 
     def deco(apply: Callable[[nn.Module, Any], nn.Module]):
-        METHODS.register(name)(Method(name, description, config, apply, lr, warmup_ratio))
+        METHODS.register(name)(Method(name, description, config, apply, lr, warmup_ratio, **hooks))
         return apply
 
     return deco
 
 
-def apply_method(model: nn.Module, spec: dict[str, Any]) -> tuple[nn.Module, Method, Any]:
-    """Apply ``{"name": ..., **options}`` to a model; the head always trains."""
+def method_options(spec: dict[str, Any]) -> tuple[Method, Any]:
+    """``{"name": ..., **options}`` -> (method, its validated config)."""
     options = dict(spec)
     name = options.pop("name", None)
     if not name:
         raise ConfigError("the method needs a name, e.g. {name: lora}")
     method = METHODS.get(name)
-    cfg = method.make_config(options)
+    return method, method.make_config(options)
+
+
+def lr_scales(spec: dict[str, Any], model: nn.Module) -> dict[str, float]:
+    """Learning-rate multipliers by trainable parameter name for the configured method ({} when uniform)."""
+    method, cfg = method_options(spec)
+    if method.lr_scales is None:
+        return {}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {n: s for n, s in method.lr_scales(cfg, names).items() if s != 1.0}
+
+
+def apply_method(model: nn.Module, spec: dict[str, Any]) -> tuple[nn.Module, Method, Any]:
+    """Apply ``{"name": ..., **options}`` to a model; the head always trains."""
+    method, cfg = method_options(spec)
     model = method.apply(model, cfg)
     for p in model.head.parameters():
         p.requires_grad_(True)

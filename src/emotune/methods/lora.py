@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -62,8 +63,10 @@ def wrap_encoder(model: nn.Module, peft_config) -> nn.Module:
     import peft
 
     try:
-        model.encoder = peft.get_peft_model(model.encoder, peft_config)
-    except ValueError as e:
+        with warnings.catch_warnings():  # transformers' deprecation notices, raised inside PEFT: not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            model.encoder = peft.get_peft_model(model.encoder, peft_config)
+    except (ValueError, TypeError) as e:  # PEFT's way of saying the options do not fit this encoder
         raise ConfigError(f"cannot apply the adapter: {e}") from None
     return model
 
@@ -75,10 +78,15 @@ def unfreeze_norms(model: nn.Module) -> None:
                 p.requires_grad_(True)
 
 
-@register_method("lora", description="Low-rank adapters on a frozen encoder (LoRA, via PEFT).",
-                 config=LoraConfig, lr=2e-3, warmup_ratio=0.06)
-def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    model = wrap_encoder(model, lora_peft_config(model.encoder, cfg))
+def apply_lora_variant(model: nn.Module, cfg: LoraConfig, **extra) -> nn.Module:
+    """LoRA with extra fields of PEFT's LoraConfig (use_dora, init_lora_weights...): what the variants share."""
+    model = wrap_encoder(model, lora_peft_config(model.encoder, cfg, **extra))
     if cfg.train_norm:
         unfreeze_norms(model)
     return model
+
+
+@register_method("lora", description="Low-rank adapters on a frozen encoder (LoRA, via PEFT).",
+                 config=LoraConfig, lr=2e-3, warmup_ratio=0.06, shared_adapter=lora_peft_config)
+def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    return apply_lora_variant(model, cfg)

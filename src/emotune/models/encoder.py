@@ -46,6 +46,8 @@ class TransformerClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
+        # Prompt tuning prepends virtual tokens the mask does not cover: pool over the text's own positions.
+        hidden = hidden[:, hidden.shape[1] - attention_mask.shape[1]:]
         if self.pooling == "pooler":
             pooled = out.pooler_output
         elif self.pooling == "cls":

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..train.metrics import HIGHER_IS_BETTER
 from . import plots, tables
+from .analysis import report_section
 from .collect import Collection, Entry, choose, collect, hyper_label, sort_key, varying
 from .render import Block, Figure, Heading, Table, Text, to_html, to_markdown
 
@@ -39,7 +40,8 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str = "accu
                  seed: int = 0, evaluate_test: bool = True, data_dir: str | None = None, title: str | None = None,
                  max_columns: int = 12, note: str = "") -> ReportResult:
     """Compare every finished run under ``dirs`` and write ``report.md``, ``report.html``, the plots,
-    ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``."""
+    ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``. An
+    ``analysis.json`` of `emotune analyze` found in ``dirs`` adds its section (see report/analysis.py)."""
     if metric not in HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
     out = Path(out)
@@ -92,6 +94,9 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str = "accu
                    Text("Best search trials retrained on train+validation for their best step count and tested "
                         "once. Their validation figures come from seen data, so they take no part in the "
                         "choices above."), tables.retrained_table(col.retrained)]
+    more, figs = report_section(dirs, out)  # `emotune analyze` results found in the folders, if any
+    blocks += more
+    figures += figs
     if col.unfinished:
         blocks += [Heading("Unfinished runs (left out)", 2), tables.unfinished_table(col.unfinished)]
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..errors import RunError
 from ..experiments.settings import flatten, format_value, labels
 from ..io import read_json
+from ..models import is_classic
 from ..registry import Registry
 from ..runs import Run, find_runs
 from ..train.metrics import HIGHER_IS_BETTER
@@ -37,6 +38,32 @@ def _full(options: dict) -> str:
 @register_family("lora")
 def _lora(options: dict) -> str:
     return f"LoRA {format_value(options.get('target', 'attention'))}"
+
+
+def _targeted(method: str, label: str, default_target: str) -> None:
+    """A PEFT method whose family is its label and its targets (`DoRA attention`, `VeRA all-linear`...)."""
+    register_family(method)(lambda options: f"{label} {format_value(options.get('target', default_target))}")
+
+
+for _method, _label in (("loraplus", "LoRA+"), ("dora", "DoRA"), ("pissa", "PiSSA"), ("loftq", "LoftQ"),
+                        ("qlora", "QLoRA"), ("vera", "VeRA")):
+    _targeted(_method, _label, "attention")
+_targeted("ia3", "(IA)3", "default")
+
+
+@register_family("prefix")
+def _prefix(options: dict) -> str:
+    return "prefix tuning"
+
+
+@register_family("prompt")
+def _prompt(options: dict) -> str:
+    return "prompt tuning"
+
+
+@register_family("zero-shot")
+def _zero_shot(options: dict) -> str:
+    return f"zero-shot {options.get('how', 'embed')}"
 
 
 @dataclass
@@ -102,7 +129,11 @@ def collect(dirs: list[str | Path]) -> Collection:
     models = {e.run.config.model.name for e in entries}
     for e in entries:
         prefix = [Path(data_name(e)).name] if len(datasets) > 1 else []
-        prefix += [Path(e.run.config.model.name).name] if len(models) > 1 else []
+        model = e.run.config.model.name
+        if is_classic(model):  # a classic model is its own family (its method is always `full`)
+            e.family = " · ".join(prefix + [f"{model} (classic)"])
+            continue
+        prefix += [Path(model).name] if len(models) > 1 else []
         e.family = " · ".join(prefix + [method_family(e.run.config.method)])
     finished = [e for e in entries if e.metrics.get("completed")]
     return Collection([e for e in finished if not e.retrained], [e for e in finished if e.retrained],

@@ -55,6 +55,15 @@ def quality_rows(split: str, prefix: str = "") -> list[Row]:
     ]
 
 
+def sentiment_rows(split: str, entries: list[Entry], prefix: str = "") -> list[Row]:
+    """SemEval-2017 4A's measures (AvgRec = macro recall, F1-PN), only where some run has positive/negative
+    classes (its metrics then hold f1_pn)."""
+    if not any(e.value(split, "f1_pn") is not None for e in entries):
+        return []
+    return [(f"{prefix}recall (macro) = AvgRec (%)", lambda e: pct(e.value(split, "recall_macro"))),
+            (f"{prefix}F1-PN (%)", lambda e: pct(e.value(split, "f1_pn")))]
+
+
 def columns_table(entries: list[Entry], headers: list[str], rows: list[Row], caption: str = "") -> Table:
     return Table([""] + headers, [[name] + [fn(e) for e in entries] for name, fn in rows], caption)
 
@@ -62,7 +71,8 @@ def columns_table(entries: list[Entry], headers: list[str], rows: list[Row], cap
 def validation_table(entries: list[Entry], keys: list[str], chosen: Entry, caption: str = "") -> Table:
     """One column per run (hyper-parameters in the header, ★ on the chosen one), study rows below."""
     headers = [hyper_label(e, keys) + (" ★" if e is chosen else "") for e in entries]
-    rows = quality_rows("validation") + train_rows(entries) + [("run folder", lambda e: f"`{e.name}`")]
+    rows = (quality_rows("validation") + sentiment_rows("validation", entries) + train_rows(entries)
+            + [("run folder", lambda e: f"`{e.name}`")])
     return columns_table(entries, headers, rows, caption)
 
 
@@ -74,6 +84,7 @@ def test_table(chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str
                         lambda e: num(e.value("validation", metric)) if metric == "loss"
                         else pct(e.value("validation", metric)))]
     rows += quality_rows("test", "test ") + [("test F1 (macro, %)", lambda e: pct(e.value("test", "f1_macro")))]
+    rows += sentiment_rows("test", entries, "test ")
     rows += [r for r in train_rows(entries) if r[0] != "steps"] + [("run folder", lambda e: f"`{e.name}`")]
     return columns_table(entries, list(chosen), rows)
 
@@ -82,7 +93,8 @@ def retrained_table(entries: list[Entry]) -> Table:
     rows: list[Row] = [("retrained from", lambda e: f"trial {e.metrics['retrained'].get('from_trial')} of "
                                                      f"{e.metrics['retrained'].get('study', '?')}"),
                        ("steps (train+validation)", lambda e: count(e.value("train", "steps")))]
-    rows += quality_rows("test", "test ") + [r for r in train_rows(entries) if r[0].startswith(("runtime", "train"))]
+    rows += quality_rows("test", "test ") + sentiment_rows("test", entries, "test ")
+    rows += [r for r in train_rows(entries) if r[0].startswith(("runtime", "train"))]
     return columns_table(entries, [f"{e.family}: `{e.name}`" for e in entries], rows)
 
 

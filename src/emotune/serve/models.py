@@ -1,7 +1,8 @@
 """Runs loaded for serving, by name.
 
-A fully fine-tuned run (or a LoRA run alone on its base) is a ``Predictor`` of its own, its adapter
-merged into the weights. LoRA runs on the same base encoder share it: one copy of the base in memory,
+A fully fine-tuned run (or a LoRA run alone on its base, or a run of any method whose adapter cannot
+share a base: see ``shares_base``) is a ``Predictor`` of its own, its adapter merged into the weights
+where it can be. LoRA runs (lora, loraplus) on the same base encoder share it: one copy of the base in memory,
 one PEFT adapter per run (switched per batch) and each run's own head, labels and pooling. What a
 LoRA run trained in the base itself (LayerNorm scales and shifts with ``train_norm``, biases with
 ``bias=all``) is a small per-run override copied in when its adapter becomes active.
@@ -32,6 +33,16 @@ SUMMARY_METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
 # Batches are padded to these multiples (tokens, rows): a long-running server then sees few distinct
 # shapes, and its memory stays flat (see predictor.pad_batch); measured at no cost in throughput.
 PAD_TOKENS, PAD_ROWS = 8, 4
+
+
+def shares_base(method: dict) -> bool:
+    """Whether a run of this method can share its base encoder with others: a PEFT LoRA-type adapter that
+    leaves the base weights as pretrained (lora, loraplus); not PiSSA/LoftQ/QLoRA (changed or quantized
+    base), DoRA, VeRA, (IA)^3, prefix or prompt tuning, nor full fine-tuning."""
+    from ..methods import METHODS
+
+    name = method.get("name")
+    return name in METHODS and METHODS.get(name).shared_adapter is not None
 
 
 def valid_name(name: object) -> bool:
@@ -139,17 +150,22 @@ class SharedLoraEngine(Engine):
     def __init__(self, runs: Sequence[Run], mode: Mode, device: torch.device, batch_size: int):
         import peft
 
-        from ..methods import METHODS
-        from ..methods.lora import lora_peft_config
+        from ..methods import method_options
         from ..models import TransformerClassifier, build_transformer
 
         first = runs[0]
         base, self.tokenizer = build_transformer(first.config.model, len(first.labels))
         encoder = base.encoder
         hidden = encoder.config.hidden_size
-        method = METHODS.get("lora")
-        configs = [lora_peft_config(encoder, method.make_config({k: v for k, v in r.config.method.items()
-                                                                  if k != "name"})) for r in runs]
+        configs = []
+        for r in runs:  # each run's own method says which PEFT adapter it adds (lora, loraplus...)
+            method, options = method_options(r.config.method)
+            if method.shared_adapter is None:
+                raise RunError(f"{r.path}: method {method.name!r} cannot share a base with other runs")
+            peft_config = method.shared_adapter(encoder, options)
+            # PEFT holds at most one adapter with trained biases; here those biases are per-run overrides.
+            peft_config.bias = "none"
+            configs.append(peft_config)
         keys = [f"a{i}" for i in range(len(runs))]
         encoder = peft.get_peft_model(encoder, configs[0], adapter_name=keys[0])
         for key, cfg in zip(keys[1:], configs[1:]):
@@ -333,8 +349,8 @@ class ModelRegistry:
         groups: dict[tuple, list[tuple[str, Run]]] = {}
         for name, run in runs:
             cfg = run.config
-            if share and cfg.method.get("name") == "lora":
-                key: tuple = ("lora", cfg.model.name, cfg.model.pooling == "pooler")
+            if share and shares_base(cfg.method):
+                key: tuple = ("shared", cfg.model.name, cfg.model.pooling == "pooler")
             else:
                 key = ("own", name)
             groups.setdefault(key, []).append((name, run))

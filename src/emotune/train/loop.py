@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
 from ..errors import ConfigError
 from ..io import load_tensors, save_tensors, write_json
-from .metrics import HIGHER_IS_BETTER, classification_metrics, is_better, parameter_counts, peak_memory_mb
+from .metrics import check_metric, classification_metrics, is_better, parameter_counts, peak_memory_mb
 from .precision import MasterWeights, autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -57,11 +57,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def optimizer_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
-    """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def optimizer_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float,
+                     lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers.
+
+    ``lr_scales`` (name -> multiplier, e.g. LoRA+'s B matrices) adds groups whose ``lr_scale`` the
+    schedule multiplies its rate by; without it the two plain groups are all there is."""
+    lr_scales = lr_scales or {}
+    groups = []
+    for scale in [1.0] + sorted({s for s in lr_scales.values() if s != 1.0}):
+        members = [(n, p) for n, p in named if lr_scales.get(n, 1.0) == scale]
+        for decay in (True, False):
+            params = [p for _, p in members if (p.ndim >= 2) == decay]
+            if scale == 1.0 or params:
+                groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale})
+    return groups
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -132,15 +142,16 @@ class Trainer:
     """Trains ``model`` (logits from input_ids/attention_mask) on encoded data.
 
     ``on_step`` (optional) is called after every optimisation step with the step number; it may
-    return True to request a stop (used by tests to simulate an interruption).
+    return True to request a stop (used by tests to simulate an interruption). ``lr_scales`` (trainable
+    parameter name -> multiplier; ``methods.lr_scales`` gives the method's) scales some parameters'
+    learning rate throughout the schedule.
     """
 
     def __init__(self, model: nn.Module, train: Encoded, validation: Encoded, label_names: list[str],
                  cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
                  progress: bool = True, on_step: Callable[[int], bool] | None = None,
-                 on_evaluate: Callable[[int, dict], None] | None = None):
-        if cfg.metric not in HIGHER_IS_BETTER:
-            raise ConfigError(f"unknown validation metric {cfg.metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
+                 on_evaluate: Callable[[int, dict], None] | None = None, lr_scales: dict[str, float] | None = None):
+        check_metric(cfg.metric, label_names)
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.train_data, self.val_data, self.label_names = train, validation, label_names
         self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id
@@ -152,7 +163,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.params = parameter_counts(model)
         self.masters = MasterWeights(self.model, self.dtype)
-        self.optimizer = make_optimizer(optimizer_groups(self.masters.masters, cfg.weight_decay), cfg, lr)
+        named_masters = list(self.masters.state_dict().items())
+        unknown = set(lr_scales or {}) - {n for n, _ in named_masters}
+        if unknown:
+            raise ConfigError(f"learning-rate scales for parameters that do not train: {sorted(unknown)[:3]}")
+        self.optimizer = make_optimizer(optimizer_groups(named_masters, cfg.weight_decay, lr_scales), cfg, lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         total = math.ceil(cfg.max_epochs * self.steps_per_epoch)
@@ -288,8 +303,9 @@ class Trainer:
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.masters.masters, self.cfg.max_grad_norm, foreach=True)
+        lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(step)
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
