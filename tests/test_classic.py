@@ -304,6 +304,12 @@ def test_cli_train_evaluate_predict(cli_run):
     assert [o["label"] for o in json.loads(r.stdout)] == ["joy", "fear"]
 
 
+def test_export_refuses_classic_runs(cli_run, tmp_path):
+    r = CliRunner().invoke(app, ["export", str(cli_run), "--merged", "--out", str(tmp_path / "exported")])
+    assert r.exit_code == 2 and "classic emotune model" in r.output
+    assert not (tmp_path / "exported").exists()
+
+
 def test_cli_lists_models_and_refuses_peft_on_classic(toy, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["models"], env={"COLUMNS": "200"})

@@ -1,6 +1,7 @@
 """The training loop and run folders, on a tiny random BERT."""
 
 import csv
+import os
 
 import pytest
 import torch
@@ -85,3 +86,16 @@ def test_interrupted_run_with_other_config_is_not_mixed(tiny_model, toy_data, tm
     cfg.train.seed = 7
     with pytest.raises(RunError, match="different configuration"):
         api.train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak resets need Linux /proc")
+def test_each_run_reports_its_own_peak_memory(tiny_model, toy_data, tmp_path):
+    """Runs one after another in one process (grid cells) must not inherit an earlier peak."""
+    from emotune.train.metrics import peak_memory_mb
+
+    big = torch.ones(100_000_000)  # 400 MB resident, then freed
+    big.add_(1)
+    earlier_peak = peak_memory_mb(torch.device("cpu"))
+    del big
+    m = api.train(tiny_config(tiny_model, toy_data, max_steps=2), tmp_path / "run", progress=False)
+    assert m["train"]["peak_memory_mb"] < earlier_peak - 300

@@ -121,11 +121,16 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def check_mergeable(run: Run) -> None:
     from .methods import METHODS
+    from .models import is_classic
 
+    if is_classic(run.config.model.name):
+        raise ConfigError(f"{run.path}: {run.config.model.name!r} is a classic emotune model, not a Transformers "
+                          "encoder: use emotune's Predictor or `emotune serve` for this run")
     name = run.config.method.get("name")
     if name in METHODS and not METHODS.get(name).mergeable:
-        raise ConfigError(f"{run.path}: method {name!r} cannot be exported merged: its adapter is no weight "
-                          "update (prefix and prompt tuning add virtual tokens); use emotune's Predictor or "
+        raise ConfigError(f"{run.path}: method {name!r} cannot be exported merged: it is no weight update of "
+                          "a Transformers encoder (prefix and prompt tuning add virtual tokens; zero-shot runs "
+                          "score labels); use emotune's Predictor or "
                           "`emotune serve` for this run")
 
 

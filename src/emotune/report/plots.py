@@ -55,8 +55,8 @@ def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, me
         ax.scatter([e.value("train", "trainable_params")], [scale * e.value("validation", metric)],
                    s=area(e.value("train", "peak_memory_mb") or 0) * 2.2, facecolors="none", edgecolors="crimson",
                    linewidths=1.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_xscale("symlog", linthresh=1)  # log scale that still shows zero-shot runs (0 parameters) at 0
+    ax.set_xlabel("trainable parameters (log scale; 0 = zero-shot)")
     ax.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
     ax.set_title(f"Validation {metric} against trainable parameters (every finished run)")
     ax.margins(x=0.15, y=0.12)

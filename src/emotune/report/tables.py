@@ -32,6 +32,12 @@ def runtime_unit(entries: list[Entry]) -> tuple[str, float]:
     return ("s", 1.0) if longest < 300 else ("min", 60.0)
 
 
+def weights_mb(entry: Entry) -> float | None:
+    """Size on disk of the run's saved weights (the adapter + head for PEFT methods)."""
+    path = entry.path / "model.safetensors"
+    return path.stat().st_size / 2**20 if path.is_file() else None
+
+
 def train_rows(entries: list[Entry]) -> list[Row]:
     unit, div = runtime_unit(entries)
     return [
@@ -39,7 +45,9 @@ def train_rows(entries: list[Entry]) -> list[Row]:
         ("steps", lambda e: count(e.value("train", "steps"))),
         ("steps to best", lambda e: count(e.value("train", "best_step"))),
         ("steps/s", lambda e: num(e.value("train", "steps_per_s"), 2)),
+        ("samples/s", lambda e: num(e.value("train", "samples_per_s"), 1)),
         ("peak memory (MB)", lambda e: count(e.value("train", "peak_memory_mb"))),
+        ("weights file (MB)", lambda e: num(weights_mb(e), 2)),
         ("trainable parameters", lambda e: count(e.value("train", "trainable_params"))),
         ("trainable %", lambda e: num(e.value("train", "trainable_pct"), 2)),
     ]

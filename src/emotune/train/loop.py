@@ -24,7 +24,8 @@ from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
 from ..errors import ConfigError
 from ..io import load_tensors, save_tensors, write_json
-from .metrics import check_metric, classification_metrics, is_better, parameter_counts, peak_memory_mb
+from .metrics import (check_metric, classification_metrics, is_better, parameter_counts, peak_memory_mb,
+                      reset_peak_memory)
 from .precision import MasterWeights, autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -162,6 +163,7 @@ class Trainer:
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.params = parameter_counts(model)
+        reset_peak_memory(self.device)  # this run's own peak, even after other runs in this process
         self.masters = MasterWeights(self.model, self.dtype)
         named_masters = list(self.masters.state_dict().items())
         unknown = set(lr_scales or {}) - {n for n, _ in named_masters}

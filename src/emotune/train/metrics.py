@@ -56,10 +56,31 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
     return value > best if HIGHER_IS_BETTER.get(metric, True) else value < best
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak-memory measurement, so runs one after another in one process (grid cells, search
+    trials) each report their own peak rather than the process's peak so far."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak resident memory of this process (CPU) or peak allocated memory (CUDA), in MB."""
+    """Peak resident memory since the last ``reset_peak_memory`` (CPU; the process's peak where it cannot be
+    reset) or peak allocated memory (CUDA), in MB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 

@@ -42,10 +42,11 @@ def zero_shot(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progr
     from ..progress import training_progress
     from ..runs import CONFIG, LABELS, METRICS, Run, write_predictions
     from ..train.loop import BEST, HISTORY, evaluate_classifier, resolve_device
-    from ..train.metrics import parameter_counts, peak_memory_mb
+    from ..train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
     from .base import build_zero_shot
 
     start = time.perf_counter()
+    reset_peak_memory(resolve_device(cfg.train.device))  # this run's own peak
     out = Path(out)
     cfg = resolve_config(cfg)
     _prepare_out_dir(cfg, out, overwrite)
