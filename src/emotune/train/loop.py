@@ -24,8 +24,14 @@ from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
 from ..errors import ConfigError
 from ..io import load_tensors, save_tensors, write_json
-from .metrics import (check_metric, classification_metrics, is_better, parameter_counts, peak_memory_mb,
-                      reset_peak_memory)
+from .metrics import (
+    check_metric,
+    classification_metrics,
+    is_better,
+    parameter_counts,
+    peak_memory_mb,
+    reset_peak_memory,
+)
 from .precision import MasterWeights, autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
