@@ -143,8 +143,8 @@ def test_cli_dry_run_lists_cells(tiny_model, toy_data, tmp_path):
 
 def test_ctrl_c_stops_parallel_cells_with_checkpoints(tiny_model, toy_data, tmp_path):
     s = {"base": {"data": {"data_dir": str(toy_data)}, "model": {"name": tiny_model},
-                  "train": {"batch_size": 8, "eval_every": 5, "max_steps": 100000, "precision": "fp32",
-                            "patience": None, "threads": 1, "checkpoint": True}},
+                  "train": {"batch_size": 8, "eval_every": 5, "max_steps": 100000, "max_epochs": 100000,
+                            "precision": "fp32", "patience": None, "threads": 1, "checkpoint": True}},
          "axes": {"method": ["full", "lora"]}}
     f, out = tmp_path / "long.yaml", tmp_path / "grid"
     f.write_text(yaml.safe_dump(s))

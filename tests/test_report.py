@@ -18,11 +18,12 @@ from emotune.train.loop import Interrupted
 from .conftest import write_emotion_folder
 
 VALIDATION_ROWS = ["loss", "accuracy (%)", "precision (weighted, %)", "recall (weighted, %)", "F1 (weighted, %)",
-                   "runtime (s)", "steps", "steps to best", "steps/s", "peak memory (MB)", "trainable parameters",
-                   "trainable %", "run folder"]
+                   "runtime (s)", "steps", "steps to best", "steps/s", "samples/s", "peak memory (MB)",
+                   "weights file (MB)", "trainable parameters", "trainable %", "run folder"]
 TEST_ROWS = ["chosen run", "validation accuracy (%)", "test loss", "test accuracy (%)", "test precision (weighted, %)",
              "test recall (weighted, %)", "test F1 (weighted, %)", "test F1 (macro, %)", "runtime (s)",
-             "steps to best", "steps/s", "peak memory (MB)", "trainable parameters", "trainable %", "run folder"]
+             "steps to best", "steps/s", "samples/s", "peak memory (MB)", "weights file (MB)", "trainable parameters",
+             "trainable %", "run folder"]
 FAMILIES = ["full fine-tuning", "LoRA all-linear", "LoRA attention"]
 
 

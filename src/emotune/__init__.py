@@ -1,11 +1,15 @@
 """emotune: train, compare and serve emotion and sentiment classifiers."""
 
+import logging
 import warnings
 
 __version__ = "0.1.0"
 
 # Deprecation chatter from dependencies says nothing to an emotune user.
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+# bitsandbytes (imported by PEFT) warns on every start that an optional hub-downloaded CPU kernel is missing;
+# emotune never downloads it and its QLoRA uses the built-in path.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .api import Predictor, evaluate, list_runs, predict, train  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402

@@ -70,7 +70,7 @@ def _zero_shot(options: dict) -> str:
 class Entry:
     """One run as a report sees it."""
 
-    run: Run
+    run: Run | None  # None: metrics alone (tests, ad-hoc tables)
     name: str
     family: str = ""
     metrics: dict = field(default_factory=dict)

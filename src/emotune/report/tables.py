@@ -34,6 +34,8 @@ def runtime_unit(entries: list[Entry]) -> tuple[str, float]:
 
 def weights_mb(entry: Entry) -> float | None:
     """Size on disk of the run's saved weights (the adapter + head for PEFT methods)."""
+    if entry.run is None:  # metrics alone (no run folder): nothing on disk to measure
+        return None
     path = entry.path / "model.safetensors"
     return path.stat().st_size / 2**20 if path.is_file() else None
 
