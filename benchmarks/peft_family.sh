@@ -54,7 +54,9 @@ run, folder, data_dir = sys.argv[1:]
 cfg = Run.open(run).config
 cfg.data.data_dir = data_dir
 texts = load_data(cfg.data)["test"].texts
-ours = torch.tensor([[p["probabilities"][k] for k in p["probabilities"]] for p in emotune.predict(run, texts)])
+# fp32 on both sides: the exported folder loads in float32, while emotune keeps a run's training precision.
+preds = emotune.predict(run, texts, precision="fp32")
+ours = torch.tensor([[p["probabilities"][k] for k in p["probabilities"]] for p in preds])
 tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
 rows = []
@@ -77,11 +79,47 @@ done
 
 step "composition for MR from 20 shots: Emotion x 2 + SemEval adapters"
 emotune compose "$EMO" "$EMO2" "$RUNS/semeval-lora" --data mr --data-dir "$DATA" --shots 20 --trials 40 \
-    --test --out "$RUNS/compose-mr" --overwrite | tee "$REPORT/compose.txt"
-emotune zeroshot mr --how embed --data-dir "$DATA" --out "$RUNS/zeroshot-mr" --test | tee -a "$REPORT/compose.txt"
+    --test --out "$RUNS/compose-mr" --overwrite
+emotune zeroshot mr --how embed --data-dir "$DATA" --out "$RUNS/zeroshot-mr" --test --overwrite
+python - "$RUNS" <<'PY' > "$REPORT/compose.md"
+# One table from the two run folders' metrics.json.
+import json, sys
+runs = sys.argv[1]
+m = json.load(open(f"{runs}/compose-mr/metrics.json"))
+z = json.load(open(f"{runs}/zeroshot-mr/metrics.json"))
+c = m["composed_from"]
+print("# Composition for MR from 20 shots (emotune compose)\n")
+print("Adapters: " + ", ".join(r.split(runs + "/")[-1] for r in c["runs"]) + f"; new task MR, {c['shots']} "
+      "stratified shots from its training split; the same shots and the same logistic-regression head for every "
+      f"row. Objective: {c['objective']}.\n")
+print("| encoder | mixing weights | 5-fold CV log-loss (shots) | validation accuracy (%) | test accuracy (%) "
+      "| test F1 (weighted, %) |\n|---|---|---:|---:|---:|---:|")
+
+
+def row(name, w, cv, val, test):
+    cv = "-" if cv is None else f"{cv:.4f}"
+    print(f"| {name} | {w} | {cv} | {100 * val['accuracy']:.2f} | {100 * test['accuracy']:.2f} "
+          f"| {100 * test['f1_weighted']:.2f} |")
+
+
+row("composed", " ".join(f"{x:+.3f}" for x in c["weights"]), c["cv_log_loss"], m["validation"], m["test"])
+b = m["baselines"]
+for a in b["adapters"]:
+    row(a["name"].split(runs + "/")[-1] + " alone", " ".join(f"{x:+.1f}" for x in a["weights"]), a["cv_log_loss"],
+        a["validation"], a["test"])
+row("base encoder (no adapter)", "-", b["base_encoder"]["cv_log_loss"], b["base_encoder"]["validation"],
+    b["base_encoder"]["test"])
+row("zero-shot embed (no shots)", "-", None, z["validation"], z["test"])
+PY
+cat "$REPORT/compose.md"
 
 step "intruder dimensions: full vs LoRA r=8 vs LoRA r=32"
-FULL=$(ls -d "$RUNS"/methods/full/lr=* | head -1)
-emotune analyze "$FULL" "$EMO" "$RUNS/methods/lora-r32" --out "$REPORT/analysis" | tee "$REPORT/analysis.txt"
+# Full fine-tuning's validation pick, as the report chose it.
+FULL=$RUNS/methods/$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['families']['full fine-tuning']['chosen']['run'])" "$REPORT/summary.json")
+emotune analyze "$FULL" "$EMO" "$RUNS/methods/lora-r32" --out "$RUNS/analysis"
+
+step "the report again, with the analysis section"
+emotune report "$RUNS/methods" "$RUNS/analysis" --out "$REPORT" \
+    --title "The parameter-efficient family on Emotion (MiniLM, $EPOCHS epoch(s) per run)"
 
 step "done"

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from emotune import api
-from emotune.errors import RunError
+from emotune.errors import ConfigError, RunError
 from emotune.io import load_tensors
-from emotune.train.loop import Interrupted
+from emotune.train.loop import Interrupted, class_weights
 
-from .conftest import tiny_config
+from .conftest import tiny_config, write_emotion_folder
 
 
 def read_probs(path):
@@ -99,3 +99,23 @@ def test_each_run_reports_its_own_peak_memory(tiny_model, toy_data, tmp_path):
     del big
     m = api.train(tiny_config(tiny_model, toy_data, max_steps=2), tmp_path / "run", progress=False)
     assert m["train"]["peak_memory_mb"] < earlier_peak - 300
+
+
+def test_balanced_class_weights_follow_the_training_counts():
+    w = class_weights("balanced", [0, 0, 0, 1], 3, torch.device("cpu"))
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])  # n / (classes x count); absent class: 0
+    assert class_weights(None, [0, 1], 2, torch.device("cpu")) is None
+    with pytest.raises(ConfigError, match="balanced"):
+        class_weights("inverse", [0, 1], 2, torch.device("cpu"))
+
+
+def test_class_weights_change_training_and_bad_values_fail_early(tiny_model, tmp_path):
+    toy_data = write_emotion_folder(tmp_path / "data", n_train=100)  # 17 or 16 per class: weights differ
+    plain = api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4), tmp_path / "plain", progress=False)
+    cfg = tiny_config(tiny_model, toy_data, "full", max_steps=4, class_weights="balanced")
+    weighted = api.train(cfg, tmp_path / "weighted", progress=False)
+    assert weighted["train"]["trainable_params"] == plain["train"]["trainable_params"]
+    assert weighted["validation"]["loss"] != plain["validation"]["loss"]
+    with pytest.raises(ConfigError, match="class_weights"):
+        api.train(tiny_config(tiny_model, toy_data, "full", max_steps=2, class_weights="rare"),
+                  tmp_path / "bad", progress=False)

@@ -102,6 +102,10 @@ class TrainConfig:
     metric: str = _f("accuracy", "Validation metric that picks the best checkpoint and drives early stopping "
                                  "(accuracy, f1_weighted, f1_macro, recall_macro (= SemEval's AvgRec), f1_pn "
                                  "(positive/negative data) or loss).")
+    class_weights: str | None = _f(None, "`balanced`: weigh each class's training loss by n / (classes x its "
+                                         "count), as scikit-learn's class_weight='balanced' (lifts the recall "
+                                         "of rare classes, i.e. macro recall); None: plain cross-entropy. "
+                                         "Validation loss stays unweighted.")
     patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
                                  "None disables early stopping.")
     max_epochs: float = _f(10, "Upper bound on passes over the training data.")

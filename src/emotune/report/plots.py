@@ -20,7 +20,9 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    # Legends placed below the axes must be named, or the tight box can cut them off.
+    legends = [a for ax in fig.axes for a in ax.get_children() if isinstance(a, matplotlib.legend.Legend)]
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", bbox_extra_artists=legends)
     plt.close(fig)
     return path
 
@@ -60,6 +62,8 @@ def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, me
     ax.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
     ax.set_title(f"Validation {metric} against trainable parameters (every finished run)")
     ax.margins(x=0.15, y=0.12)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(-0.6 if lo < 0 else lo, max(hi, 10.0))  # no negative counts; a readable span at 0
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.02)
     bar.set_label(f"training runtime ({'min' if minutes else 's'})")
 
@@ -71,13 +75,15 @@ def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, me
                          markeredgecolor="black", markersize=8, label=family_label(f)) for i, f in enumerate(families)]
     shapes.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="crimson",
                              markersize=11, label="ring: the family's chosen run (best validation)"))
-    first = ax.legend(handles=shapes, title="family", loc="upper left", bbox_to_anchor=(0, -0.12), frameon=False)
+    # Marker sizes in one row under the axis; the families below them (two columns when there are many).
+    first = ax.legend(handles=shapes, title="family", loc="upper left", bbox_to_anchor=(0, -0.24), frameon=False,
+                      ncol=2 if len(shapes) > 7 else 1, fontsize="small")
     ax.add_artist(first)
     refs = sorted({float(f"{v:.2g}") for v in (top / 4, top / 2, top)})
     sizes = [plt.scatter([], [], s=area(v), color="lightgrey", edgecolors="black", linewidths=0.5, label=f"{v:,.0f} MB")
              for v in refs]
-    ax.legend(handles=sizes, title="peak memory", loc="upper right", bbox_to_anchor=(1, -0.12), frameon=False,
-              labelspacing=1.3, borderpad=0.8)
+    ax.legend(handles=sizes, title="peak memory (marker area)", loc="upper left", bbox_to_anchor=(0, -0.1),
+              frameon=False, ncol=len(sizes), columnspacing=2.5, alignment="left")
     return _save(fig, path)
 
 

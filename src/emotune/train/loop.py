@@ -64,6 +64,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def class_weights(how: str | None, labels: list[int], n_classes: int, device: torch.device) -> torch.Tensor | None:
+    """Loss weights per class: None, or `balanced` = n / (classes x count), a class absent from training
+    getting weight 0 (it has no loss term anyway)."""
+    if how is None:
+        return None
+    if how != "balanced":
+        raise ConfigError(f"train.class_weights must be `balanced` or null, got {how!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    weights = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 def optimizer_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float,
                      lr_scales: dict[str, float] | None = None) -> list[dict]:
     """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers.
@@ -182,6 +194,7 @@ class Trainer:
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.warmup_steps = int(round(warmup_ratio * self.total_steps))
         self.lengths = [len(x) for x in train.ids]
+        self.class_weights = class_weights(cfg.class_weights, train.labels, len(label_names), self.device)
 
     # ---- schedule -------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -305,7 +318,7 @@ class Trainer:
         labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
         with autocast(self.device, self.dtype):
             logits = self.model(**batch)
-        loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weights)
         self.scaler.scale(loss).backward()
         self.masters.grads_to_masters()
         if self.cfg.max_grad_norm:
