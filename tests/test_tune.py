@@ -59,6 +59,16 @@ def test_space_parsing():
             SearchSpace.from_dict(bad)
 
 
+@pytest.mark.parametrize("name", ["search-lora.yaml", "search-mr.yaml"])
+def test_shipped_search_files(name):
+    """The search files under experiments/ parse and every corner of their space is a valid config."""
+    s = SearchSpace.from_yaml(Path(__file__).parents[1] / "experiments" / name)
+    assert s.params and s.base.train.metric == s.metric == "accuracy"
+    for corner in ("low", "high"):
+        s.config_for({p.key: p.choices[-1 if corner == "high" else 0] if p.type == "categorical"
+                      else getattr(p, corner) for p in s.params})
+
+
 def test_pruned_trials_leave_clean_folders(tiny_model, toy_data, tmp_path):
     # The threshold pruner stops every trial at its first evaluation (accuracy is never above 1.01).
     s = SearchSpace.from_dict(space_spec(tiny_model, toy_data, pruner={"name": "threshold", "lower": 1.01}))
