@@ -76,6 +76,8 @@ def test_validation_fraction(tmp_path):
     assert again["validation"].texts == data["validation"].texts
     other = load_data(DataConfig(name="mr", data_dir=str(root), validation_fraction=0.25), seed=4)
     assert other["validation"].texts != data["validation"].texts
+    pinned = load_data(DataConfig(name="mr", data_dir=str(root), validation_fraction=0.25, seed=3), seed=4)
+    assert pinned["validation"].texts == data["validation"].texts  # data.seed wins over the run's seed
     for bad in (0, 1, 1.5):
         with pytest.raises(ConfigError, match="validation_fraction"):
             DataConfig(validation_fraction=bad)

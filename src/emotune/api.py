@@ -68,12 +68,12 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
 
     ``on_step(step)`` runs after every optimisation step (return True to stop with a checkpoint);
     ``on_evaluate(step, validation_metrics)`` after every validation (e.g. to prune a search trial)."""
-    from .methods import lr_scales
+    from .methods import METHODS, lr_scales
 
-    if cfg.method.get("name") == "zero-shot":  # nothing to train: build, evaluate on validation, write the run
-        from .zeroshot import zero_shot
+    if METHODS.get(cfg.method.get("name", "")).build is not None:  # nothing to train (zero-shot, ensemble)
+        from .built import write_built_run
 
-        return zero_shot(cfg, out, overwrite=overwrite, progress=progress)
+        return write_built_run(cfg, out, overwrite=overwrite, progress=progress)
     out = Path(out)
     cfg = resolve_config(cfg)
     _prepare_out_dir(cfg, out, overwrite)

@@ -205,6 +205,35 @@ def zeroshot(
 
 @app.command()
 @friendly
+def ensemble(
+    members: list[Path] = typer.Argument(..., help="Two or more finished run folders on the same data and labels "
+                                                   "(e.g. one configuration trained with several --seed values "
+                                                   "and --set data.seed=42)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
+    weight: list[float] = typer.Option([], "--weight", "-w", help="One weight per member, in order "
+                                                                 "(repeatable; default: a plain mean)."),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16. (default: the first member's)"),
+    test: bool = typer.Option(False, "--test", help="Also evaluate on the test split."),
+    overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Average the class probabilities of finished runs: a run folder like a trained one, validated on the
+    members' own validation split (evaluate, predict, serve, report)."""
+    from . import api
+    from .runs import Run
+
+    first = Run.open(members[0])
+    cfg = first.config.override([f"train.precision={precision}"] if precision else [])
+    cfg.method = {"name": "ensemble", "members": [str(m.expanduser().resolve()) for m in members],
+                  **({"weights": list(weight)} if weight else {})}
+    metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
+    if test:
+        metrics["test"] = api.evaluate(out_dir, "test")
+    print_metrics(metrics, f"{out_dir} (ensemble of {len(members)})")
+
+
+@app.command()
+@friendly
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     split: str = typer.Option("test", help="train, validation or test."),

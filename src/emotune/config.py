@@ -36,6 +36,9 @@ class DataConfig:
     max_length: int = _f(128, "Truncate texts to this many tokens.")
     validation_fraction: float = _f(0.1, "Fraction of the training data held out as validation (seeded by "
                                          "train.seed) when the data set has no validation split.")
+    seed: int | None = _f(None, "Seed of the held-out validation split, the cross-validation folds and the "
+                                "sample caps; None uses train.seed. Set it when runs that differ in train.seed "
+                                "must share their splits (seed ensembles, seed studies).")
     cv_folds: int | None = _f(None, "Cross-validation: pool train and test and split them into this many "
                                     "stratified folds (seeded by train.seed); needs data.cv_fold.")
     cv_fold: int | None = _f(None, "Cross-validation: the fold (0-based, below data.cv_folds) used as the "

@@ -146,6 +146,10 @@ def prepare_model(model: nn.Module, mode: Mode, device: torch.device, fast: bool
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList):  # an ensemble: each member takes its own fast path
+        model.members = nn.ModuleList(prepare_model(m, mode, device, fast) for m in members)
+        return model.to(device)
     names = None
     if mode.merge:
         model = merge_adapter(model)

@@ -36,13 +36,13 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
     from .methods import apply_method
     from .models import build_classic, build_transformer, is_classic
 
-    torch.manual_seed(cfg.train.seed)
-    if cfg.method.get("name") == "zero-shot":  # nothing trains: built from the config and the run's label names
-        from .methods import METHODS
-        from .zeroshot import build_zero_shot
+    from .methods import METHODS
 
+    torch.manual_seed(cfg.train.seed)
+    method = METHODS.get(cfg.method.get("name", ""))
+    if method.build is not None:  # nothing trains: built from the config and the run's label names
         labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
-        return (*build_zero_shot(cfg, labels, fit=False), METHODS.get("zero-shot"))  # head: model.safetensors
+        return (*method.build(cfg, labels, fit=False), method)  # its kept tensors: model.safetensors
     if is_classic(cfg.model.name):
         return build_classic(cfg, num_labels, texts=texts, vocab_file=run_dir / VOCAB if run_dir else None)
     model, tokenizer = build_transformer(cfg.model, num_labels)

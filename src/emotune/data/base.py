@@ -79,8 +79,10 @@ def data_root(cfg: DataConfig) -> Path | None:
 
 def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
     """Resolve ``cfg.name`` (registered name, local file/folder, or hub id); then pick the cross-validation
-    fold, carve a validation split where the data set has none, and apply the sample caps (all seeded)."""
+    fold, carve a validation split where the data set has none, and apply the sample caps (all seeded by
+    ``cfg.seed``, else by ``seed``, the run's training seed)."""
     cfg.validate()
+    seed = seed if cfg.seed is None else cfg.seed
     if cfg.name in DATASETS:
         data = DATASETS.get(cfg.name)(cfg, data_root(cfg))
     elif Path(cfg.name).expanduser().exists():

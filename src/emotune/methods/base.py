@@ -36,6 +36,11 @@ class Method:
     """Whether the trained update folds into the base weights (prefix/prompt tuning: no)."""
     unavailable: Callable[[], str | None] | None = None
     """Why the method cannot run on this machine (e.g. it needs CUDA), or None when it can."""
+    build: Callable[..., tuple[nn.Module, Any]] | None = None
+    """For a method whose model is built from the config rather than trained (zero-shot, ensemble):
+    ``build(run_config, label_names, fit=True) -> (model, tokenizer)``. Such a run is evaluated on
+    validation and written without a training loop (``emotune.built``); loading it calls ``build`` with
+    ``fit=False`` and copies in the tensors kept in model.safetensors."""
 
     def make_config(self, options: dict[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(self.config_cls)}
@@ -55,7 +60,7 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(name: str, *, description: str, config: type, lr: float, warmup_ratio: float = 0.0,
                     **hooks: Any):
     """Decorator registering ``apply(model, cfg) -> model`` as a fine-tuning method; ``hooks`` are the
-    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable)."""
+    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable, build)."""
 
     def deco(apply: Callable[[nn.Module, Any], nn.Module]):
         METHODS.register(name)(Method(name, description, config, apply, lr, warmup_ratio, **hooks))

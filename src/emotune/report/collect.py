@@ -66,6 +66,11 @@ def _zero_shot(options: dict) -> str:
     return f"zero-shot {options.get('how', 'embed')}"
 
 
+@register_family("ensemble")
+def _ensemble(options: dict) -> str:
+    return f"ensemble of {len(options.get('members', []))}"
+
+
 @dataclass
 class Entry:
     """One run as a report sees it."""

@@ -2,7 +2,7 @@
 
 Three kinds (``method: {name: zero-shot, how: ...}``): ``embed`` (sentence embeddings against label
 descriptions), ``llm`` (label likelihood under a small instruction-tuned causal LM) and ``transfer`` (a run
-trained on another data set with a label map). ``zero_shot(cfg, out)`` writes an ordinary run folder
+trained on another data set with a label map). ``emotune.train(cfg, out)`` writes an ordinary run folder
 that evaluate, predict, serve and report use like any other.
 """
 
@@ -11,6 +11,4 @@ from .base import KINDS, build_zero_shot, kind_options, merged_options, register
 
 ZeroShotConfig = merged_options()
 
-from .run import zero_shot  # noqa: E402
-
-__all__ = ["KINDS", "ZeroShotConfig", "build_zero_shot", "kind_options", "register_kind", "zero_shot"]
+__all__ = ["KINDS", "ZeroShotConfig", "build_zero_shot", "kind_options", "register_kind"]

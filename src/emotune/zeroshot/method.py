@@ -1,6 +1,5 @@
 """The ``zero-shot`` entry of the method registry: its options are the zero-shot kinds' (``emotune methods``
-lists them). Nothing is applied to a model: ``runs.build_model`` and ``api.train`` hand zero-shot configs
-to ``emotune.zeroshot``."""
+lists them). Nothing is applied to a model: the method's ``build`` hook makes it (``emotune.built`` writes the run)."""
 
 from __future__ import annotations
 
@@ -8,11 +7,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..methods.base import register_method
-from . import ZeroShotConfig
+from . import ZeroShotConfig, build_zero_shot
 
 
 @register_method("zero-shot", description="No training: embeddings vs label descriptions, label likelihood "
                                           "under a small LM, or a run from another data set with a label map.",
-                 config=ZeroShotConfig, lr=0.0, trains=False, mergeable=False)
+                 config=ZeroShotConfig, lr=0.0, trains=False, mergeable=False, build=build_zero_shot)
 def apply_zero_shot(model: nn.Module, cfg) -> nn.Module:
     raise ConfigError("zero-shot models are built by emotune.zeroshot (emotune zeroshot), not trained")

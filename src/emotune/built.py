@@ -1,7 +1,8 @@
-"""A zero-shot run folder: built from the config, evaluated on validation, written like a trained run.
+"""The run folder of a method that builds its model instead of training it (zero-shot kinds, ensembles):
+built from the config, evaluated on validation, written like a trained run.
 
 config.yaml, labels.json, model.safetensors (the head: label embeddings, calibration offsets or the label
-map; rebuilt from the config on load, kept so the folder loads like any other), history.json (empty),
+map; empty for an ensemble; the rest is rebuilt from the config on load), history.json (empty),
 metrics.json (validation metrics; ``train`` holds the time to build and evaluate, 0 trainable
 parameters, the total and the peak memory) and predictions_validation.csv.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import RunConfig
-from ..data import load_data
-from ..data.encode import Encoded, encode
-from ..io import save_tensors, write_json, write_text
+from .config import RunConfig
+from .data import load_data
+from .data.encode import Encoded, encode
+from .io import save_tensors, write_json, write_text
 
 
 class _Counting(nn.Module):
@@ -34,29 +35,29 @@ class _Counting(nn.Module):
         return out
 
 
-def zero_shot(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Build the zero-shot model a config describes (``method: {name: zero-shot, how: ...}``), evaluate it on
-    the validation split and write the run folder ``out``; return its metrics."""
-    from ..api import _prepare_out_dir, resolve_config
-    from ..predictor import prepare_model, resolve_mode
-    from ..progress import training_progress
-    from ..runs import CONFIG, LABELS, METRICS, Run, write_predictions
-    from ..train.loop import BEST, HISTORY, evaluate_classifier, resolve_device
-    from ..train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
-    from .base import build_zero_shot
+def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Build the model a config describes (its method's ``build`` hook, e.g. ``{name: zero-shot, how: ...}``),
+    evaluate it on the validation split and write the run folder ``out``; return its metrics."""
+    from .api import _prepare_out_dir, resolve_config
+    from .methods import METHODS
+    from .predictor import prepare_model, resolve_mode
+    from .progress import training_progress
+    from .runs import CONFIG, LABELS, METRICS, Run, write_predictions
+    from .train.loop import BEST, HISTORY, evaluate_classifier, resolve_device
+    from .train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 
     start = time.perf_counter()
     reset_peak_memory(resolve_device(cfg.train.device))  # this run's own peak
     out = Path(out)
     cfg = resolve_config(cfg)
     _prepare_out_dir(cfg, out, overwrite)
-    (out / METRICS).unlink(missing_ok=True)  # an unfinished zero-shot run is simply redone
+    (out / METRICS).unlink(missing_ok=True)  # an unfinished built run is simply redone
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data, cfg.train.seed)
     val = data["validation"]
     torch.manual_seed(cfg.train.seed)
-    model, tokenizer = build_zero_shot(cfg, data.label_names)
+    model, tokenizer = METHODS.get(cfg.method["name"]).build(cfg, data.label_names)
     counts = parameter_counts(model)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
@@ -71,8 +72,8 @@ def zero_shot(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progr
     enc = Encoded(encode(tokenizer, val.texts, cfg.data.max_length), val.labels)
     pad_id = tokenizer.pad_token_id or 0
     eval_start = time.perf_counter()
-    with training_progress(len(enc), enabled=progress, description=f"zero-shot {cfg.method.get('how', 'embed')}") \
-            as bar:
+    what = " ".join(str(cfg.method[k]) for k in ("name", "how") if k in cfg.method)
+    with training_progress(len(enc), enabled=progress, description=what) as bar:
         metrics, logits = evaluate_classifier(_Counting(model, bar), enc, data.label_names,
                                               cfg.train.eval_batch_size, device, pad_id, mode.compute)
     eval_s = time.perf_counter() - eval_start
@@ -85,6 +86,6 @@ def zero_shot(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progr
                "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "rss",
                "precision": str(mode.compute).replace("torch.", ""), "device": str(device), "lr": 0.0,
                **counts}
-    return run.update_metrics(completed=True, zero_shot=True,
+    return run.update_metrics(completed=True, trained=False,
                               data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
                               train=summary, validation=metrics)
