@@ -53,6 +53,12 @@ def members(tiny_model, tmp_path_factory) -> list[Path]:
     return [member(tiny_model, data, root / f"seed-{s}", s, name=str(data), seed=7) for s in (1, 2, 3)]
 
 
+def ensemble_config(members: list[Path], **options):
+    cfg = Run.open(members[0]).config
+    cfg.method = {"name": "ensemble", "members": [str(m) for m in members], **options}
+    return cfg
+
+
 def test_ensemble_averages_member_probabilities(members, tmp_path):
     out = tmp_path / "ens"
     r = CliRunner().invoke(app, ["ensemble", *map(str, members), "--out", str(out), "--test", "--no-progress"])
@@ -81,8 +87,7 @@ def test_ensemble_weights(members, tmp_path):
 def test_members_on_other_examples_are_refused(members, tiny_model, tmp_path):
     data = Run.open(members[0]).config.data.name
     other = member(tiny_model, tmp_path, tmp_path / "other-split", 4, name=data)  # no data.seed: its seed carves
-    cfg = Run.open(members[0]).config
-    cfg.method = {"name": "ensemble", "members": [str(members[0]), str(other)]}
+    cfg = ensemble_config([members[0], other])
     with pytest.raises(ConfigError, match="other examples"):
         api.train(cfg, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad" / "metrics.json").exists()
@@ -94,9 +99,7 @@ def test_members_on_other_examples_are_refused(members, tiny_model, tmp_path):
     (lambda m: m[:2], [-1.0, 1.0], "non-negative"),
 ])
 def test_bad_options(members, tmp_path, members_of, weights, needle):
-    cfg = Run.open(members[0]).config
-    cfg.method = {"name": "ensemble", "members": [str(m) for m in members_of(members)],
-                  **({"weights": weights} if weights else {})}
+    cfg = ensemble_config(members_of(members), **({"weights": weights} if weights else {}))
     with pytest.raises(ConfigError, match=needle):
         api.train(cfg, tmp_path / "bad", progress=False)
 
@@ -112,3 +115,22 @@ def test_cli_errors_are_one_line(members, tiny_model, tmp_path):
     r = CliRunner().invoke(app, ["ensemble", str(members[0]), str(tmp_path / "polar-run"), "--out",
                                  str(tmp_path / "y"), "--no-progress"])
     assert r.exit_code == 2 and "labels" in r.output
+
+
+def test_served_and_default_precision_match_the_library(members, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from emotune.serve import ModelRegistry, create_app
+
+    out = tmp_path / "served"
+    api.train(ensemble_config(members), out, progress=False)
+    want = Predictor(out, precision="fp32").probabilities(TEXTS)
+    predictor = Predictor(out, precision="fp32")  # every member takes its own lean forward (merged, fast BERT)
+    assert {type(m).__name__ for m in predictor.model.members} == {"FastBertClassifier"}
+    assert torch.allclose(Predictor(out).probabilities(TEXTS), want, atol=1e-5)  # as trained: fp32 here
+    assert torch.allclose(Predictor(out, precision="int8").probabilities(TEXTS), want, atol=5e-2)
+    with TestClient(create_app(ModelRegistry.load([f"ens={out}"], precision="fp32"))) as client:
+        r = client.post("/v1/predict", json={"texts": TEXTS, "model": "ens"})
+    assert r.status_code == 200, r.text
+    got = torch.tensor([list(p["probabilities"].values()) for p in r.json()["predictions"]])
+    assert torch.allclose(got, want, atol=1e-5)

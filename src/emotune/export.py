@@ -130,7 +130,7 @@ def check_mergeable(run: Run) -> None:
     if name in METHODS and not METHODS.get(name).mergeable:
         raise ConfigError(f"{run.path}: method {name!r} cannot be exported merged: it is no weight update of "
                           "a Transformers encoder (prefix and prompt tuning add virtual tokens; zero-shot runs "
-                          "score labels); use emotune's Predictor or "
+                          "score labels; an ensemble runs several models); use emotune's Predictor or "
                           "`emotune serve` for this run")
 
 
