@@ -95,7 +95,7 @@ def test_median_pruning_study(tiny_model, toy_data, tmp_path):
         assert (tmp_path / t.user_attrs["run"] / "config.yaml").exists()
 
 
-def test_resume_export_and_retrain_full(tiny_model, toy_data, tmp_path, monkeypatch):
+def test_resume_export_and_retrain_full(tiny_model, toy_data, tmp_path, monkeypatch, caplog):
     s = SearchSpace.from_dict(space_spec(tiny_model, toy_data))
     real_train = api.train
 
@@ -104,9 +104,14 @@ def test_resume_export_and_retrain_full(tiny_model, toy_data, tmp_path, monkeypa
         return real_train(cfg, out, **{**kw, "on_step": lambda step: step == 4})
 
     monkeypatch.setattr(api, "train", interrupted_once)
-    with pytest.raises(Interrupted):
-        tune(s, tmp_path, trials=2, progress=False)
+    optuna.logging.enable_propagation()  # Optuna's records reach caplog
+    try:
+        with pytest.raises(Interrupted):
+            tune(s, tmp_path, trials=2, progress=False)
+    finally:
+        optuna.logging.disable_propagation()
     assert (tmp_path / "trials" / "trial-0000" / "checkpoint.safetensors").exists()
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]  # a pause, not a failure with a traceback
 
     r = tune(s, tmp_path, trials=2, progress=False)  # the study resumes: the interrupted trial first
     study = open_study(s, r.storage)

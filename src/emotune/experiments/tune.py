@@ -24,6 +24,7 @@ as ``best.yaml`` (a run config); `retrain_full` retrains it on train+validation 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -264,16 +265,38 @@ def tune(space: SearchSpace, out: str | Path, *, trials: int, storage: str | Non
     if done < trials:
         from .progress import GridProgress
 
-        with GridProgress(trials, done, enabled=progress, description=f"study {space.name}", unit="trials") as bar:
-            objective = Objective(space, out, bar)
-            stop = optuna.study.MaxTrialsCallback(trials, states=finished)
-            study.optimize(objective, timeout=timeout, callbacks=[stop, objective.finished])
+        quiet = QuietInterrupt()
+        optimize_log = logging.getLogger("optuna.study._optimize")
+        optimize_log.addFilter(quiet)
+        try:
+            with GridProgress(trials, done, enabled=progress, description=f"study {space.name}",
+                              unit="trials") as bar:
+                objective = Objective(space, out, bar)
+                stop = optuna.study.MaxTrialsCallback(trials, states=finished)
+                study.optimize(objective, timeout=timeout, callbacks=[stop, objective.finished])
+        finally:
+            optimize_log.removeFilter(quiet)
     result = summarize(study, out, url)
     if result.best is not None:
         result.best_config = export_best(study, space, out)
         if retrain:
             result.retrained = retrain_full(space, result.best, out, progress=progress)
     return result
+
+
+class QuietInterrupt(logging.Filter):
+    """Drops Optuna's "trial failed" warnings (with a traceback) for a trial stopped by Ctrl-C/SIGTERM: that
+    is a pause, not a failure; emotune prints one line and the next run queues the trial again."""
+
+    interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..train.loop import Interrupted
+
+        if record.exc_info and isinstance(record.exc_info[1], Interrupted):
+            self.interrupted = True  # Optuna then logs "Trial N failed with value None." for the same trial
+            return False
+        return not (self.interrupted and "failed with value None" in record.getMessage())
 
 
 class Objective:
