@@ -58,7 +58,7 @@ def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, me
                    s=area(e.value("train", "peak_memory_mb") or 0) * 2.2, facecolors="none", edgecolors="crimson",
                    linewidths=1.6)
     ax.set_xscale("symlog", linthresh=1)  # log scale that still shows zero-shot runs (0 parameters) at 0
-    ax.set_xlabel("trainable parameters (log scale; 0 = zero-shot)")
+    ax.set_xlabel("trainable parameters (log scale; 0 = nothing trained: zero-shot, ensembles)")
     ax.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
     ax.set_title(f"Validation {metric} against trainable parameters (every finished run)")
     ax.margins(x=0.15, y=0.12)
