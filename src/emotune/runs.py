@@ -33,10 +33,8 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
                 run_dir: Path | None = None):
     """(model, tokenizer, method) as configured, before any training. A classic model (``model.name`` in
     ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s."""
-    from .methods import apply_method
+    from .methods import METHODS, apply_method
     from .models import build_classic, build_transformer, is_classic
-
-    from .methods import METHODS
 
     torch.manual_seed(cfg.train.seed)
     method = METHODS.get(cfg.method.get("name", ""))
