@@ -65,15 +65,19 @@ class EnsembleClassifier(nn.Module):
         return probs.clamp(min=1e-30).log()
 
 
-def _splits(cfg, data_dir: str | None) -> tuple[str, ...]:
+def _splits(cfg, data_dir: str | None, seen: dict) -> tuple[str, ...]:
     """Fingerprints of the training and validation texts a config reads, from ``data_dir`` (the same files
-    may sit elsewhere on another machine)."""
+    may sit elsewhere on another machine); ``seen`` keeps them per data setting, so members that differ only
+    in train.seed load the data once."""
     from .data import load_data
 
     data_cfg = dataclasses.replace(cfg.data, data_dir=data_dir)
-    data = load_data(data_cfg, cfg.train.seed)
-    return tuple(hashlib.sha256("\n".join(sorted(data[s].texts)).encode()).hexdigest()
-                 for s in ("train", "validation"))
+    key = (repr(data_cfg), cfg.train.seed if data_cfg.seed is None else data_cfg.seed)
+    if key not in seen:
+        data = load_data(data_cfg, cfg.train.seed)
+        seen[key] = tuple(hashlib.sha256("\n".join(sorted(data[s].texts)).encode()).hexdigest()
+                          for s in ("train", "validation"))
+    return seen[key]
 
 
 def _tokens(run) -> tuple:
@@ -98,20 +102,20 @@ def build_ensemble(cfg, labels: list[str], fit: bool = True):
             raise ConfigError(f"{path}: the member run has not finished training ({run.status()})")
         if run.config.method.get("name") == "ensemble":
             raise ConfigError(f"{path}: a member cannot itself be an ensemble; list its members instead")
-        if labels and run.labels != list(labels):
-            raise ConfigError(f"{path}: labels {run.labels} differ from the ensemble's {list(labels)}")
         runs.append(run)
     first = runs[0]
-    for run in runs[1:]:
+    expected = list(labels) or first.labels  # the ensemble's labels (its data's, or its labels.json)
+    for run in runs:
+        if run.labels != expected:
+            raise ConfigError(f"{run.path}: labels {run.labels} differ from the ensemble's {expected}")
         if _tokens(run) != _tokens(first):
             raise ConfigError(f"{run.path} reads different tokens from {first.path} (model.name, data.max_length "
                               "or a classic model's vocabulary differ): ensemble members share one tokenizer")
-        if run.labels != first.labels:
-            raise ConfigError(f"{run.path}: labels {run.labels} differ from {first.path}'s {first.labels}")
     if fit:  # once, when the run is made: the ensemble's validation split is every member's
-        own = _splits(cfg, cfg.data.data_dir)
+        seen: dict = {}
+        own = _splits(cfg, cfg.data.data_dir, seen)
         for run in runs:
-            if _splits(run.config, cfg.data.data_dir) != own:
+            if _splits(run.config, cfg.data.data_dir, seen) != own:
                 raise ConfigError(f"{run.path} was trained or validated on other examples than the ensemble's "
                                   "data settings give (data.* or the split seed differ): train the members on the "
                                   "same data with the same data.seed, e.g. --seed N --set data.seed=42")
