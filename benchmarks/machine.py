@@ -1,0 +1,72 @@
+"""Name the machine a benchmark ran on: CPU model, threads, float32 and bfloat16 matmul GFLOP/s.
+
+Absolute speeds differ 2-3x between machines that report the same CPU model (cloud "AMD EPYC"
+2-core instances, for example), so every benchmark prints this line beside its figures:
+
+    python benchmarks/machine.py            # prints the line
+    from machine import machine_line        # inside benchmarks/ scripts
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def matmul_gflops(dtype, n: int = 1024, reps: int = 7, inner: int = 4) -> float:
+    """Median GFLOP/s of torch.matmul on two n x n matrices of `dtype` (2 n^3 flops per product)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    torch.matmul(a, b)  # warm-up: kernel selection, page faults
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b)
+        elapsed = time.perf_counter() - start
+        rates.append(2 * n**3 * inner / elapsed / 1e9)
+    return statistics.median(rates)
+
+
+def measure(n: int = 1024) -> dict:
+    """CPU model, torch thread count and the fp32/bf16 matmul GFLOP/s of this machine (a few seconds)."""
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "size": n,
+        "fp32_gflops": matmul_gflops(torch.float32, n),
+        "bf16_gflops": matmul_gflops(torch.bfloat16, n),
+        "torch": torch.__version__,
+    }
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line naming the machine, e.g. 'machine: AMD EPYC, 2 threads, matmul 1024^2 fp32 95 / bf16 380 GFLOP/s'."""
+    info = info or measure()
+    return (
+        f"machine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}; "
+        f"matmul {info['size']}x{info['size']} median GFLOP/s: fp32 {info['fp32_gflops']:.0f}, "
+        f"bf16 {info['bf16_gflops']:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    print(machine_line())
