@@ -4,6 +4,8 @@ overridable with ``section.field=value`` strings (the CLI's ``--set``)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +61,18 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for inconsistent options (also called by load_data, after any mutation)."""
-        if not 0 < self.validation_fraction < 1:
+        _at_least("data.max_train_samples", self.max_train_samples, 1, optional=True)
+        _at_least("data.max_eval_samples", self.max_eval_samples, 1, optional=True)
+        _at_least("data.max_length", self.max_length, 1)
+        if not isinstance(self.validation_fraction, (int, float)) or isinstance(self.validation_fraction, bool) \
+                or not 0 < self.validation_fraction < 1:
             raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
         if self.cv_folds is None and self.cv_fold is None:
             return
         if self.cv_folds is None or self.cv_fold is None:
             raise ConfigError("cross-validation needs both data.cv_folds (e.g. 10) and data.cv_fold (0-based)")
+        _at_least("data.cv_folds", self.cv_folds, 2)
+        _at_least("data.cv_fold", self.cv_fold, 0)
         if self.cv_folds < 2:
             raise ConfigError(f"data.cv_folds must be at least 2, got {self.cv_folds}")
         if not 0 <= self.cv_fold < self.cv_folds:
@@ -123,6 +131,51 @@ class TrainConfig:
     checkpoint: bool = _f(True, "Save a resumable checkpoint at every evaluation.")
     device: str = _f("auto", "`cpu`, `cuda`, `cuda:N` or `auto`.")
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for values out of range (a zero batch size, a negative patience...)."""
+        for name in ("batch_size", "eval_batch_size", "eval_every"):
+            _at_least(f"train.{name}", getattr(self, name), 1)
+        for name in ("patience", "max_steps", "threads"):
+            _at_least(f"train.{name}", getattr(self, name), 1, optional=True)
+        _positive("train.max_epochs", self.max_epochs)
+        _positive("train.lr", self.lr, optional=True)
+        _positive("train.max_grad_norm", self.max_grad_norm, optional=True)
+        _in_range("train.weight_decay", self.weight_decay, 0, None)
+        _in_range("train.warmup_ratio", self.warmup_ratio, 0, 1, optional=True)
+
+
+def _number(name: str, value: Any, optional: bool) -> bool:
+    """False for an allowed None; ConfigError for anything but a finite number."""
+    if value is None and optional:
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return True
+
+
+def _at_least(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}{' (or null for none)' if optional else ''}, "
+                          f"got {value}")
+
+
+def _positive(name: str, value: Any, optional: bool = False) -> None:
+    if _number(name, value, optional) and value <= 0:
+        raise ConfigError(f"{name} must be above 0, got {value}")
+
+
+def _in_range(name: str, value: Any, low: float, high: float | None, optional: bool = False) -> None:
+    if _number(name, value, optional) and (value < low or (high is not None and value > high)):
+        raise ConfigError(f"{name} must be {f'between {low} and {high}' if high is not None else f'at least {low}'}"
+                          f", got {value}")
+
 
 @dataclass
 class RunConfig:
@@ -141,6 +194,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "RunConfig":
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"a run config is a mapping of sections (data, model, method, train), "
+                              f"got {type(d).__name__}")
         d = dict(d or {})
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -148,6 +204,8 @@ class RunConfig:
         method = d.get("method", {"name": "lora"})
         if isinstance(method, str):
             method = {"name": method}
+        if not isinstance(method, dict):
+            raise ConfigError(f"method must be a name or a mapping such as {{name: lora, r: 8}}, got {method!r}")
         return cls(
             data=_build(DataConfig, d.get("data"), "data"),
             model=_build(ModelConfig, d.get("model"), "model"),
@@ -158,36 +216,85 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         try:
-            return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+            spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a config file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: bytes that are not UTF-8 at byte {e.start}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections (data, model, method, train), "
+                              f"got a {type(spec).__name__}")
+        try:
+            return cls.from_dict(spec)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def override(self, assignments: list[str]) -> "RunConfig":
-        """Return a copy with ``section.field=value`` assignments applied (values parsed as YAML). Deeper keys
-        set entries of mapping fields: ``model.options.hidden=128``."""
+        """Return a copy with ``section.field=value`` assignments applied (values parsed as YAML; a text
+        field keeps the text as typed, so `on` or `2024-01-01` stay strings). Deeper keys set entries of
+        mapping fields: ``model.options.hidden=128``."""
         d = self.to_dict()
         for a in assignments:
             key, sep, raw = a.partition("=")
             if not sep or "." not in key:
                 raise ConfigError(f"bad override {a!r}: expected section.field=value, e.g. train.lr=1e-3")
-            section, *path, name = key.strip().split(".")
-            if section not in d:
-                raise ConfigError(f"bad override {a!r}: unknown section {section!r}")
-            target = d[section]
-            for i, part in enumerate(path):
-                target = target.setdefault(part, {})
-                if not isinstance(target, dict):
-                    raise ConfigError(f"bad override {a!r}: {'.'.join([section, *path[:i + 1]])} is not a mapping")
-            target[name] = yaml.safe_load(raw)
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"bad override {a!r}: not a YAML value ({_one_line(e)}); quote it") from None
+            key = key.strip()
+            if _is_text_field(key) and value is not None and not isinstance(value, str):
+                value = raw.strip()  # `on`, `1`, `2024-01-01`: the user meant the text
+            _assign(d, key, value, repr(a))
+        return RunConfig.from_dict(d)
+
+    def with_values(self, values: dict[str, Any]) -> "RunConfig":
+        """Return a copy with dotted fields set to Python values as given (no YAML parsing), e.g.
+        ``{"data.text_column": "text #1", "train.batch_size": 8}``; validated like a loaded config."""
+        d = self.to_dict()
+        for key, value in values.items():
+            if "." not in key:
+                raise ConfigError(f"bad field {key!r}: expected section.field")
+            _assign(d, key, value, repr(key))
         return RunConfig.from_dict(d)
 
 
+def _assign(d: dict, key: str, value: Any, shown: str) -> None:
+    section, *path, name = key.split(".")
+    if section not in d:
+        raise ConfigError(f"bad override {shown}: unknown section {section!r}")
+    target = d[section]
+    for i, part in enumerate(path):
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"bad override {shown}: {'.'.join([section, *path[:i + 1]])} is not a mapping")
+    target[name] = value
+
+
+def _is_text_field(key: str) -> bool:
+    """Whether a dotted key names a plain text field (str or str | None) of a config section."""
+    section, _, name = key.partition(".")
+    cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.get(section)
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)} if cls else {}
+    return name in types and {t.strip() for t in types[name].split("|")} <= {"str", "None"}
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
 def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a mapping of options, got {values!r}")
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
@@ -198,20 +305,37 @@ def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
 
 
 def _coerce(value: Any, annotation: str, name: str) -> Any:
-    """YAML 1.1 reads `2e-5` as a string and `1` where a float is meant as an int: fix by the field's type."""
+    """YAML 1.1 reads `2e-5` as a string and `1` where a float is meant as an int: fix by the field's type.
+    Text fields refuse YAML's booleans (`on`, `yes`) and keep dates (`2024-01-01`) as written."""
     kinds = [t.strip() for t in annotation.split("|")]
     if value is None:
         if "None" not in kinds:
             raise ConfigError(f"{name} needs a value")
         return None
-    for kind, conv in (("float", float), ("int", int)):
-        if kind in kinds and not isinstance(value, bool) and isinstance(value, (str, int, float)):
-            try:
-                return conv(value) if kind == "float" or not isinstance(value, float) else value
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if "float" in kinds and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if "int" in kinds and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
     if "bool" in kinds and not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if "str" in kinds and not isinstance(value, str):
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be text, got {value!r} (quote it in YAML: '{value}')")
+        if isinstance(value, (int, float)):
+            return str(value)
+        raise ConfigError(f"{name} must be text, got {value!r}")
     return value
 
 
