@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+from machine import machine_line  # noqa: E402
+
 TEXTS = ["i feel wonderful today", "this is terrifying", "i am so angry right now", "i miss her so much",
          "what a lovely surprise", "i feel a little nervous about tomorrow", "the film was dull and far too long",
          "an absolute delight from start to finish", "i can not believe they cancelled the show",
@@ -151,6 +154,7 @@ def main() -> int:
         "shared_minus_single_tensor_mb": (shared["tensor_bytes"] - single["tensor_bytes"]) / 2**20,
         "adapter_files_mb": adapter_files / 2**20,
         "max_probability_difference_shared_vs_separate": diff,
+        "machine": machine_line(threads=args.threads),  # after the child processes finished
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -169,6 +173,7 @@ def main() -> int:
               f"{summary['shared_minus_single_tensor_mb']:.2f} MB tensors "
               f"(adapter files on disk: {summary['adapter_files_mb']:.2f} MB)")
         print(f"predictions, shared vs separate: largest probability difference {diff:.2e}")
+        print(summary["machine"])
     return 0 if diff <= TOLERANCE else 1
 
 

@@ -22,6 +22,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+from machine import machine_line  # noqa: E402
+
 warnings.filterwarnings("ignore")
 
 
@@ -178,6 +181,7 @@ def main() -> None:
             break
 
     median = {n: statistics.median(s) for n, s in speeds.items()}
+    machine = machine_line(threads=args.threads)  # after the repetitions, so it does not heat or disturb them
     base = median.get("pipeline (default)")
     onnx8 = median.get("ONNX Runtime int8")
     ref = accuracy.get("emotune fp32")
@@ -185,7 +189,7 @@ def main() -> None:
           f"median of {len(next(iter(speeds.values())))} repetitions\n")
     for name, note in notes.items():
         print(f"  {name}: {note}")
-    print()
+    print(f"\n{machine}\n")
     print("| variant | sentences/s | x pipeline default | x ONNX int8 | accuracy | vs fp32 (points) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in variants:
@@ -195,7 +199,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cols) + " |")
     if args.json:
         args.json.write_text(json.dumps({"sentences": len(texts), "threads": args.threads, "speeds": speeds,
-                                         "median": median, "accuracy": accuracy, "notes": notes}, indent=2))
+                                         "median": median, "accuracy": accuracy, "notes": notes,
+                                         "machine": machine}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+from machine import machine_line  # noqa: E402
+
 FALLBACK = ["i feel wonderful today", "this is terrifying", "i am so angry right now", "i miss her so much",
             "what a lovely surprise", "i feel a little nervous about tomorrow"]
 
@@ -185,6 +188,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
 
+    machine = machine_line()  # the server has stopped: measured on an idle machine
     lat = sorted(result["latencies"])
     n = len(lat)
 
@@ -210,7 +214,7 @@ def main() -> None:
         ("server RSS loaded / start / end / max",
          f"{rss_loaded:,.0f} / {rss[0]:,.0f} / {rss[-1]:,.0f} / {max(rss):,.0f} MB"),
     ]
-    print()
+    print(f"\n{machine}\n")
     print("| load test | |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
@@ -219,7 +223,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"requests": n, "errors": len(result["errors"]), "elapsed": result["elapsed"],
                                          "p50_ms": pct(50), "p99_ms": pct(99), "rss_mb": rss,
-                                         "rss_loaded_mb": rss_loaded, "mean_batch": mean_batch}, indent=2))
+                                         "rss_loaded_mb": rss_loaded, "mean_batch": mean_batch,
+                                         "machine": machine}, indent=2))
 
 
 if __name__ == "__main__":

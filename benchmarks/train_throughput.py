@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+from machine import machine_line  # noqa: E402
 
 
 def emotune_run(method: str, texts, labels, args) -> float:
@@ -89,6 +93,8 @@ def main() -> None:
 
     data = load_data(DataConfig(name="emotion", data_dir=args.data_dir, max_train_samples=args.samples))
     texts, labels = data["train"].texts, data["train"].labels
+    machine = machine_line()  # before the runs, on an idle process
+    print(machine)
     print(f"{len(texts)} Emotion training texts, batch {args.batch_size}, {args.steps} steps, "
           f"{torch.get_num_threads()} threads, emotune precision {args.precision}"
           f"{', no length grouping' if args.no_grouping else ''}")
@@ -105,6 +111,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for method, t, o, r in rows:
         print(f"| {method} | {t:.1f} | {o:.1f} | {o / t:.2f}x | {r:.2f}x |")
+    print(f"\n{machine}")
 
 
 if __name__ == "__main__":
