@@ -2,8 +2,8 @@
 (registered by name in ``MODELS``). Every model maps ``input_ids, attention_mask`` to logits."""
 
 from .classic import MODELS, ClassicClassifier, build_classic, is_classic, register_model
-from .encoder import TransformerClassifier, build_transformer, resolve_model_path
+from .encoder import TransformerClassifier, build_transformer, load_pretrained, resolve_model_path
 from .vocab import WordTokenizer
 
 __all__ = ["MODELS", "ClassicClassifier", "TransformerClassifier", "WordTokenizer", "build_classic",
-           "build_transformer", "is_classic", "register_model", "resolve_model_path"]
+           "build_transformer", "is_classic", "load_pretrained", "register_model", "resolve_model_path"]

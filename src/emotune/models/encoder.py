@@ -58,8 +58,87 @@ class TransformerClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def load_pretrained(loader, path: str, name: str | None = None, **kwargs):
+    """``loader.from_pretrained(path, use_safetensors=True, ...)``: weights load from safetensors only (a
+    pickled ``pytorch_model.bin`` can run code when it is read). A local folder with only pickled weights
+    gets a one-line ConfigError that says so."""
+    try:
+        return loader.from_pretrained(path, use_safetensors=True, **kwargs)
+    except OSError as e:
+        folder = Path(path).expanduser()
+        if "gguf_file" not in kwargs and folder.is_dir() and not any(folder.glob("*.safetensors")):
+            pickled = [f for f in PICKLE_WEIGHTS if (folder / f).is_file()]
+            if pickled:
+                raise ConfigError(f"model {name or path!r}: {pickled[0]} holds the weights, but emotune loads "
+                                  "weights from safetensors only (convert the folder: load it once in "
+                                  "Transformers you trust and save_pretrained it)") from None
+        raise
+
+
+def position_limit(config) -> int | None:
+    """How many tokens the encoder's position embeddings hold (None when it does not say). RoBERTa-style
+    models number positions after the padding index, so they hold ``pad_token_id + 1`` fewer."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer", "bart",
+                                               "mpnet", "ibert", "data2vec-text", "xmod"):
+        n -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return max(1, n)
+
+
+def cap_max_length(tokenizer, limit: int | None):
+    """Make ``tokenizer(..., max_length=n)`` truncate to at most ``limit`` tokens whatever ``n`` asks (a long
+    text or a config with a big ``data.max_length`` would otherwise index past the position embeddings).
+    The tokenizer stays an instance of its own class (a subclass of the same name), so saving and
+    ``isinstance`` checks see no difference."""
+    if limit is None:
+        return tokenizer
+    if getattr(tokenizer, "model_max_length", None) is None or tokenizer.model_max_length > limit:
+        tokenizer.model_max_length = limit
+    base = type(tokenizer)
+    if getattr(base, "_emotune_capped", False):
+        tokenizer._emotune_limit = limit
+        return tokenizer
+
+    def __call__(self, *args, **kwargs):
+        cap = self._emotune_limit
+        if kwargs.get("max_length") is not None and kwargs["max_length"] > cap:
+            kwargs["max_length"] = cap
+        return base.__call__(self, *args, **kwargs)
+
+    def __reduce_ex__(self, protocol):  # pickled as its own class, capped again when unpickled
+        capped = type(self)
+        self.__class__ = base
+        try:
+            rv = self.__reduce_ex__(protocol)
+        finally:
+            self.__class__ = capped
+        return _restore_capped, (rv[0], rv[1], rv[2] if len(rv) > 2 else None, self._emotune_limit)
+
+    tokenizer.__class__ = type(base.__name__, (base,), {"__call__": __call__, "__reduce_ex__": __reduce_ex__,
+                                                       "_emotune_capped": True, "__module__": base.__module__,
+                                                       "__qualname__": base.__qualname__})
+    tokenizer._emotune_limit = limit
+    return tokenizer
+
+
+def _restore_capped(factory, args, state, limit):
+    obj = factory(*args)
+    if state is not None:
+        if hasattr(obj, "__setstate__"):
+            obj.__setstate__(state)
+        else:
+            obj.__dict__.update(state)
+    return cap_max_length(obj, limit)
+
+
 def build_transformer(cfg: ModelConfig, num_labels: int):
-    """(model, tokenizer) for a pretrained encoder named by alias, folder or hub id."""
+    """(model, tokenizer) for a pretrained encoder named by alias, folder or hub id. Weights load from
+    safetensors only; the tokenizer truncates to at most the encoder's position embeddings."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -68,9 +147,10 @@ def build_transformer(cfg: ModelConfig, num_labels: int):
     path = resolve_model_path(cfg.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path)
+        encoder = load_pretrained(AutoModel, path, cfg.name)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    cap_max_length(tokenizer, position_limit(encoder.config))
     if cfg.pooling == "pooler" and getattr(encoder, "pooler", None) is None:
         raise ConfigError(f"model {cfg.name!r} has no pooler layer; use pooling mean or cls")
     if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
