@@ -149,14 +149,22 @@ def test_ctrl_c_stops_parallel_cells_with_checkpoints(tiny_model, toy_data, tmp_
     f, out = tmp_path / "long.yaml", tmp_path / "grid"
     f.write_text(yaml.safe_dump(s))
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    # Started as a shell starts a background job (nohup, `cmd &`, many CI runners): SIGINT inherited as
+    # ignored. The grid must still stop on it.
     proc = subprocess.Popen([sys.executable, "-m", "emotune.cli", "grid", str(f), "--out", str(out), "-j", "2",
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 240
-    while not all((out / c / "checkpoint.safetensors").exists() for c in ("method=full", "method=lora")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the grid process
-    _, stderr = proc.communicate(timeout=120)
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True,  # its own process group: cleanup can kill the workers too
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 240  # a failure bound only: the loop waits for both checkpoints
+        while not all((out / c / "checkpoint.safetensors").exists() for c in ("method=full", "method=lora")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the grid process
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave workers training after a failure
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     assert [st for _, st in plan(Grid.from_yaml(f), out)] == ["interrupted", "interrupted"]

@@ -282,10 +282,14 @@ def _run_parallel(todo: list[Cell], out: Path, workers: int, bar, results: list[
                                initargs=(threads, stop))
     running: dict[Future, tuple[Cell, float]] = {}
     queue = list(todo)
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread: SIGTERM stays as it is
-        previous = None
+    # Install both handlers explicitly: a process started in the background of a shell (nohup, CI
+    # runners, `cmd &`) inherits SIGINT as *ignored*, and Ctrl-C/SIGINT would then never reach us.
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _raise_interrupt)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
     try:
         while queue or running:
             while queue and len(running) < workers:
@@ -306,8 +310,8 @@ def _run_parallel(todo: list[Cell], out: Path, workers: int, bar, results: list[
             _record(_collect(fut, cell, t0, out), results, bar, on_result)
         raise GridInterrupted(results) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         pool.shutdown(wait=True, cancel_futures=True)
     if any(r.status == "interrupted" for r in results):  # a worker was stopped (e.g. SIGTERM) on its own
         raise GridInterrupted(results)
