@@ -17,6 +17,10 @@ EPOCHS=${4:-1}
 SECONDS=0
 step() { printf '\n== %s (%d s so far)\n' "$*" "$SECONDS"; }
 
+step "the machine (CPU model, fp32/bf16 matmul GFLOP/s): absolute times and speeds below belong to it"
+mkdir -p "$REPORT"
+python benchmarks/machine.py | tee "$REPORT/machine.txt"
+
 step "every method x 2 learning rates on Emotion"
 # Only the cells whose method this machine can run (loftq needs CUDA/XPU), so any other failure stops here.
 mapfile -t ONLY < <(python - <<'PY'
