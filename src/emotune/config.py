@@ -226,7 +226,7 @@ class RunConfig:
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(e)}") from None
         if spec is not None and not isinstance(spec, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections (data, model, method, train), "
                               f"got a {type(spec).__name__}")
@@ -247,12 +247,14 @@ class RunConfig:
             key, sep, raw = a.partition("=")
             if not sep or "." not in key:
                 raise ConfigError(f"bad override {a!r}: expected section.field=value, e.g. train.lr=1e-3")
+            key = key.strip()
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError as e:
-                raise ConfigError(f"bad override {a!r}: not a YAML value ({_one_line(e)}); quote it") from None
-            key = key.strip()
-            if _is_text_field(key) and value is not None and not isinstance(value, str):
+                if not is_text_field(key):
+                    raise ConfigError(f"bad override {a!r}: not a YAML value ({yaml_error_line(e)}); quote it") from None
+                value = raw.strip()  # `[x].csv`: a text field takes the text as typed
+            if is_text_field(key) and value is not None and not isinstance(value, str):
                 value = raw.strip()  # `on`, `1`, `2024-01-01`: the user meant the text
             _assign(d, key, value, repr(a))
         return RunConfig.from_dict(d)
@@ -280,7 +282,7 @@ def _assign(d: dict, key: str, value: Any, shown: str) -> None:
     target[name] = value
 
 
-def _is_text_field(key: str) -> bool:
+def is_text_field(key: str) -> bool:
     """Whether a dotted key names a plain text field (str or str | None) of a config section."""
     section, _, name = key.partition(".")
     cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.get(section)
@@ -288,7 +290,11 @@ def _is_text_field(key: str) -> bool:
     return name in types and {t.strip() for t in types[name].split("|")} <= {"str", "None"}
 
 
-def _one_line(e: Exception) -> str:
+def yaml_error_line(e: Exception) -> str:
+    """A YAML error in one line: its problem and where (`expected ',' or ']' at line 1, column 3`)."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(e).split())
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 
-from ..config import RunConfig
+from ..config import RunConfig, is_text_field, yaml_error_line
 from ..errors import ConfigError
 
 SECTIONS = ("data", "model", "method", "train")
@@ -37,10 +37,16 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"bad setting {text!r}: expected section.field=value, e.g. train.lr=1e-3")
+    key = key.strip()
     try:
-        return key.strip(), coerce(yaml.safe_load(raw))
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"bad setting {text!r}: {e}") from None
+        if not is_text_field(key):
+            raise ConfigError(f"bad setting {text!r}: not a YAML value ({yaml_error_line(e)}); quote it") from None
+        value = raw.strip()  # a text field takes the text as typed: data.name=[x].csv
+    if is_text_field(key) and value is not None and not isinstance(value, str):
+        return key, raw.strip()  # `on`, `2024-01-01`: the user meant the text
+    return key, coerce(value)
 
 
 def apply_setting(d: dict, key: str, value: Any) -> None:
@@ -48,7 +54,8 @@ def apply_setting(d: dict, key: str, value: Any) -> None:
 
     A whole section given as a mapping merges into it; ``method`` (or ``method.name``) naming another
     method starts that method afresh, so one method's options never leak into another's."""
-    value = coerce(value)
+    if not (isinstance(value, str) and is_text_field(key)):  # a folder named 1e5 stays a name
+        value = coerce(value)
     section, _, name = key.partition(".")
     if section not in SECTIONS:
         raise ConfigError(f"bad setting {key!r}: unknown section {section!r} (sections: {', '.join(SECTIONS)})")
@@ -143,8 +150,14 @@ def load_spec(path: str | Path, what: str, build: Callable[[Any, str], T]) -> T:
         spec = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: bytes that are not UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(e)}") from None
     try:
         obj = build(spec, path.stem)
     except ConfigError as e:
