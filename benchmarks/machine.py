@@ -14,16 +14,27 @@ import statistics
 import time
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni")
+
+
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    """CPU model name from /proc/cpuinfo (Linux) with its family/model numbers and bfloat16/VNNI flags,
+    e.g. 'AMD EPYC (family 26 model 2; avx512_bf16 avx512_vnni)'; else platform.processor()."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    if "model name" not in fields:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    flags = [f for f in BF16_FLAGS if f in fields.get("flags", "").split()]
+    extra = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return f"{fields['model name']} ({extra}; {' '.join(flags) or 'no bf16/VNNI flags'})"
 
 
 def matmul_gflops(dtype, n: int = 1024, reps: int = 7, inner: int = 4) -> float:
