@@ -362,6 +362,68 @@ def test_llm_most_likely_label_wins_and_calibration_removes_a_constant_bias(tiny
     assert torch.allclose(diff(cal_biased), diff(cal_plain), atol=1e-4)
 
 
+def test_llm_calibration_stays_finite_when_a_label_probability_underflows(tiny_llama):
+    # a bias of +200 on "positive": "negative"'s probability is e^-200, 0 in float32; its log must not be -inf
+    model, tok = llm(tiny_llama, calibrate="none")
+    lm = model.lm
+    pos = int(model.label_ids[1, 0])
+    head = torch.nn.Linear(lm.config.hidden_size, lm.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(lm.get_output_embeddings().weight)
+        head.bias.zero_()
+        head.bias[pos] = 200.0
+    lm.set_output_embeddings(head)
+    from emotune.zeroshot.llm import calibration
+
+    with torch.no_grad():
+        offsets = calibration(model, tok, ["N/A", "a dull film"], 128)
+        assert torch.isfinite(offsets).all() and offsets[0] < -100 and abs(float(offsets[1])) < 1e-3
+        b = collate(tok(["a great film"], truncation=True, max_length=128)["input_ids"], tok.pad_token_id)
+        model.head.bias.copy_(-offsets)
+        assert torch.isfinite(model(**b)).all()
+
+
+def test_gguf_cache_key_follows_the_content_not_the_name(tmp_path, monkeypatch):
+    from emotune.zeroshot import llm as llm_mod
+
+    monkeypatch.setenv("EMOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, content in ((a, b"GGUF" + b"1" * 3000), (b, b"GGUF" + b"2" * 3000)):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    ka, kb = llm_mod.gguf_cache_key(a), llm_mod.gguf_cache_key(b)
+    assert ka != kb and ka.startswith("model-") and kb.startswith("model-")
+    same = tmp_path / "c" / "model.gguf"
+    same.parent.mkdir()
+    same.write_bytes(a.read_bytes())
+    assert llm_mod.gguf_cache_key(same) == ka  # the same content, wherever it lies, shares one conversion
+    # the hash is computed once per size and modification time: a cached entry is trusted until they change
+    index = json.loads((tmp_path / "cache" / "models" / llm_mod.GGUF_INDEX).read_text())
+    assert {str(p.resolve()) for p in (a, b, same)} <= set(index)
+    calls = []
+    real = llm_mod._sha256_of
+    monkeypatch.setattr(llm_mod, "_sha256_of", lambda path: calls.append(path) or real(path))
+    assert llm_mod.gguf_cache_key(a) == ka and not calls
+    a.write_bytes(b"GGUF" + b"3" * 3001)  # replaced in place: new size and time, so hashed again, a new key
+    assert llm_mod.gguf_cache_key(a) not in (ka, kb) and calls
+
+
+def test_a_gguf_file_loads_its_own_conversion(tmp_path, monkeypatch):
+    from emotune.zeroshot import llm as llm_mod
+
+    monkeypatch.setenv("EMOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    targets = []
+    monkeypatch.setattr(llm_mod, "_convert_gguf", lambda path, target: targets.append(target) or
+                        (torch.nn.Linear(1, 1), None))
+    for sub, content in (("x", b"one"), ("y", b"two")):
+        f = tmp_path / sub / "tiny.gguf"
+        f.parent.mkdir()
+        f.write_bytes(content)
+        llm_mod.load_causal_lm(str(f))
+    assert len(targets) == 2 and targets[0] != targets[1]
+    assert all(t.parent == tmp_path / "cache" / "models" and t.name.startswith("tiny-") for t in targets)
+
+
 def test_llm_run_reloads_with_its_calibration(tiny_llama, tmp_path):
     data = write_polar_folder(tmp_path / "polar")
     cfg = zs_config(tiny_llama, None, "llm", calibrate="unlabeled", calibration_texts=6)

@@ -29,6 +29,7 @@ template.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -115,8 +116,63 @@ def smollm2_gguf() -> Path:
 def _from_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return (AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name),
+    from ..models.encoder import load_pretrained
+
+    return (load_pretrained(AutoModelForCausalLM, str(path.parent), str(path), gguf_file=path.name),
             AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+
+
+GGUF_INDEX = "gguf-sha256.json"
+
+
+def file_sha256(path: Path, index: Path | None = None) -> str:
+    """The SHA-256 of a file's content, computed once: ``index`` (a JSON file) remembers it per resolved
+    path with the file's size and modification time, and it is computed again only when either changed."""
+    import json
+
+    path = path.resolve()
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    known: dict = {}
+    if index is not None:
+        try:
+            known = json.loads(index.read_text(encoding="utf-8"))
+            if not isinstance(known, dict):
+                known = {}
+        except (OSError, ValueError):
+            known = {}
+        entry = known.get(str(path))
+        if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp and \
+                isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+    digest = _sha256_of(path)
+    if index is not None:
+        known[str(path)] = {**stamp, "sha256": digest}
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{index.name}.", dir=index.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(known, f)
+            os.replace(tmp, index)
+        except OSError:
+            pass
+    return digest
+
+
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_cache_key(path: Path) -> str:
+    """The folder name of a GGUF file's dequantized copy: its stem and the hash of its content, so a
+    different file with the same name never reuses another's conversion."""
+    return f"{path.stem}-{file_sha256(path, cache_dir() / 'models' / GGUF_INDEX)[:16]}"
 
 
 def _convert_gguf(path: Path, target: Path):
@@ -147,6 +203,8 @@ def load_causal_lm(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from ..models.encoder import load_pretrained
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if name in ENCODER_ONLY:
@@ -157,16 +215,16 @@ def load_causal_lm(name: str):
             gguf = smollm2_gguf() if name == "smollm2" else Path(name).expanduser()
             if not gguf.is_file():
                 raise ConfigError(f"{gguf}: GGUF file not found")
-            converted = cache_dir() / "models" / gguf.stem
+            converted = cache_dir() / "models" / gguf_cache_key(gguf)
             if (converted / "config.json").is_file():
-                model, tokenizer = (AutoModelForCausalLM.from_pretrained(converted),
+                model, tokenizer = (load_pretrained(AutoModelForCausalLM, str(converted), name),
                                     AutoTokenizer.from_pretrained(converted))
             else:
                 model, tokenizer = _convert_gguf(gguf, converted)
         else:
             path = Path(name).expanduser()
             where = str(path) if path.exists() else name
-            model, tokenizer = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
+            model, tokenizer = load_pretrained(AutoModelForCausalLM, where, name), AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load the causal LM {name!r}: {str(e).splitlines()[0]}") from None
     return model.float().eval(), tokenizer
@@ -310,14 +368,17 @@ def crop_cache(cache: Any, length: int) -> None:
 @torch.no_grad()
 def calibration(model: LlmClassifier, tokenizer: PromptTokenizer, texts: list[str], max_length: int,
                 batch_size: int = 32, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """log of the mean label probabilities over the texts (content-free or unlabeled inputs)."""
+    """log of the mean label probabilities over the texts (content-free or unlabeled inputs), computed in
+    log space (logsumexp of the log-probabilities): a label the model all but rules out gets a large finite
+    offset, never the log of an underflowed 0."""
     from ..data.encode import Encoded
     from ..train.loop import predict_logits
 
     ids = [x for x in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if x]
     scores = predict_logits(_Scores(model), Encoded(ids, [0] * len(ids)), batch_size, torch.device("cpu"),
                             tokenizer.pad_token_id, dtype)
-    return scores.softmax(-1).mean(0).log()
+    logp = scores.float().log_softmax(-1)
+    return torch.logsumexp(logp, 0) - math.log(logp.shape[0])
 
 
 class _Scores(nn.Module):
