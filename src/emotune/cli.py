@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import EmotuneError
@@ -30,13 +31,28 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except EmotuneError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(_one_line(str(e)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Interrupted as e:
-            err.print(f"[yellow]{e}[/yellow]", highlight=False)
+            err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    """Messages that quote user text (a file's line, a YAML error) stay on one line."""
+    return " ".join(part.strip() for part in text.split("\n") if part.strip()) if "\n" in text else text
+
+
+def warn(message: str) -> None:
+    """One plain line on stderr (user text in it is never read as markup)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+
+
+def _set_typed(cfg, values: dict):
+    """The config with CLI options set as the typed values they are (never re-read as YAML)."""
+    return cfg.with_values({k: v for k, v in values.items() if v is not None})
 
 
 METRIC_ROWS = [("loss", "loss"), ("accuracy", "accuracy"), ("precision_weighted", "precision (weighted)"),
@@ -59,9 +75,11 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def print_metrics(metrics: dict, title: str) -> None:
-    splits = [s for s in ("validation", "test") if s in metrics]
-    table = Table(title=title)
+def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validation", "test")) -> None:
+    """A metrics table with one column per split in ``splits`` found in ``metrics``; the training figures
+    (``metrics["train"]``) below them unless ``train`` is one of the splits shown."""
+    splits = [s for s in splits if s in metrics]
+    table = Table(title=escape(title))
     table.add_column("metric")
     for s in splits:
         table.add_column(s, justify="right")
@@ -70,7 +88,7 @@ def print_metrics(metrics: dict, title: str) -> None:
         if any(key in metrics[s] for s in splits):  # f1_pn only exists for positive/negative data
             name = SENTIMENT_ROW_NAMES.get(key, name) if sentiment else name
             table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
-    if "train" in metrics:
+    if "train" in metrics and "train" not in splits and splits:
         table.add_section()
         for key, name in TRAIN_ROWS:
             table.add_row(name, _fmt(metrics["train"].get(key)), *[""] * (len(splits) - 1))
@@ -114,25 +132,22 @@ def train(
     from .config import RunConfig
 
     cfg = RunConfig.from_yaml(config) if config else RunConfig()
-    sets = [f"data.name={dataset}"]
-    for key, value in [("data.data_dir", data_dir), ("data.text_column", text_column),
-                       ("data.label_column", label_column), ("model.name", model), ("train.lr", lr),
-                       ("train.batch_size", batch_size), ("train.max_epochs", epochs),
-                       ("train.max_steps", max_steps), ("train.eval_every", eval_every),
-                       ("train.patience", patience), ("train.precision", precision), ("train.seed", seed),
-                       ("data.max_train_samples", max_train_samples),
-                       ("data.max_eval_samples", max_eval_samples)]:
-        if value is not None:
-            sets.append(f"{key}={value}")
     if method is None and config is None and model is not None:
         from .models import is_classic
 
         method = "full" if is_classic(model) else None  # classic models' only method
     if method is not None and method != cfg.method.get("name"):
         cfg.method = {"name": method}
-    cfg = cfg.override(sets + list(set_))
+    cfg = _set_typed(cfg, {"data.name": dataset, "data.data_dir": data_dir, "data.text_column": text_column,
+                           "data.label_column": label_column, "model.name": model, "train.lr": lr,
+                           "train.batch_size": batch_size, "train.max_epochs": epochs,
+                           "train.max_steps": max_steps, "train.eval_every": eval_every,
+                           "train.patience": patience, "train.precision": precision, "train.seed": seed,
+                           "data.max_train_samples": max_train_samples,
+                           "data.max_eval_samples": max_eval_samples})
+    cfg = cfg.override(list(set_))  # --set values are YAML: lists, mappings, null
     if (out_dir / "checkpoint.safetensors").exists() and not overwrite:
-        err.print(f"resuming the interrupted run in {out_dir}")
+        err.print(f"resuming the interrupted run in {escape(str(out_dir))}", highlight=False)
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
@@ -190,13 +205,10 @@ def zeroshot(
     cfg.method = spec
     if model is None and spec["how"] == "llm" and cfg.model.name == "minilm":
         model = "smollm2"  # the llm kind's default model
-    sets = [f"data.name={dataset}"]
-    for key, value in [("data.data_dir", data_dir), ("data.text_column", text_column),
-                       ("data.label_column", label_column), ("model.name", model), ("train.precision", precision),
-                       ("data.max_eval_samples", max_eval_samples)]:
-        if value is not None:
-            sets.append(f"{key}={value}")
-    cfg = cfg.override(sets + list(set_))
+    cfg = _set_typed(cfg, {"data.name": dataset, "data.data_dir": data_dir, "data.text_column": text_column,
+                           "data.label_column": label_column, "model.name": model, "train.precision": precision,
+                           "data.max_eval_samples": max_eval_samples})
+    cfg = cfg.override(list(set_))
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
@@ -223,7 +235,7 @@ def ensemble(
     from .runs import Run
 
     first = Run.open(members[0])
-    cfg = first.config.override([f"train.precision={precision}"] if precision else [])
+    cfg = _set_typed(first.config, {"train.precision": precision})
     cfg.method = {"name": "ensemble", "members": [str(m.expanduser().resolve()) for m in members],
                   **({"weights": list(weight)} if weight else {})}
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
@@ -244,7 +256,7 @@ def evaluate(
     from . import api
 
     metrics = api.evaluate(run_dir, split, data_dir=data_dir, precision=precision)
-    print_metrics({split: metrics} if split in ("validation", "test") else {"test": metrics}, f"{run_dir} ({split})")
+    print_metrics({split: metrics}, f"{run_dir} ({split})", splits=(split,))
 
 
 @app.command()
@@ -266,12 +278,12 @@ def predict(
 ):
     """Classify texts with a trained run."""
     from . import api
-    from .data.base import read_text
+    from .data.base import read_text, split_lines
     from .errors import DataError
 
     items = list(texts or [])
     if file is not None:
-        lines = sys.stdin.read().splitlines() if str(file) == "-" else read_text(file)
+        lines = split_lines(sys.stdin.read()) if str(file) == "-" else read_text(file)
         items += [line for line in lines if line.strip()]
     if not items:
         raise DataError("no texts given: pass them as arguments or with --file")
@@ -285,7 +297,7 @@ def predict(
     table.add_column("label")
     table.add_column("probability", justify="right")
     for r in results:
-        table.add_row(r["text"], r["label"], f"{r['probabilities'][r['label']]:.3f}")
+        table.add_row(escape(r["text"]), escape(r["label"]), f"{r['probabilities'][r['label']]:.3f}")
     out.print(table)
 
 
@@ -294,14 +306,12 @@ def predict(
 def runs(root: Path = typer.Argument(Path("runs"), help="Folder to search for run folders."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List run folders with their key metrics."""
-    from . import api
-
-    rows = api.list_runs(root)
+    rows = _list_runs(root)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     if not rows:
-        err.print(f"no runs under {root}")
+        err.print(f"no runs under {escape(str(root))}", highlight=False)
         return
     table = Table()
     cols = list(rows[0])
@@ -309,8 +319,37 @@ def runs(root: Path = typer.Argument(Path("runs"), help="Folder to search for ru
         table.add_column(c.replace("_", " "), justify="left" if c in ("run", "status", "data", "model", "method")
                          else "right")
     for r in rows:
-        table.add_row(*[_fmt(r[c]) for c in cols])
+        table.add_row(*[escape(_fmt(r.get(c))) for c in cols])
     out.print(table)
+
+
+def _list_runs(root: Path) -> list[dict]:
+    """api.list_runs, except that a run folder it cannot read (a corrupt metrics.json, an unknown config
+    field) is skipped with a one-line warning instead of stopping the listing."""
+    from . import api
+    from .runs import CONFIG
+
+    try:
+        return api.list_runs(root)
+    except (EmotuneError, ValueError, OSError):
+        if not root.is_dir():
+            raise
+    rows = []  # one folder at a time, to name the bad ones
+    for config in sorted(root.rglob(CONFIG)):
+        folder = config.parent
+        try:
+            rows += [r for r in api.list_runs(folder) if Path(r["run"]) == folder]
+        except (EmotuneError, ValueError, OSError) as e:
+            warn(f"skipped {folder}: {_reason(e)}")
+    return rows
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, EmotuneError):
+        return str(e)
+    if isinstance(e, json.JSONDecodeError):
+        return f"unreadable JSON ({e.msg} at line {e.lineno})"
+    return f"{type(e).__name__}: {e}"
 
 
 @app.command()
@@ -341,11 +380,11 @@ def models():
               "train.metric=loss train.patience=5.", highlight=False)
     out.print("[bold]every classic model[/bold]: the vocabulary and its word vectors", highlight=False)
     for opt, (default, help_) in option_help(EmbeddingOptions).items():
-        out.print(f"    {opt} = {default!r}: {help_}", highlight=False)
+        out.print(f"    {opt} = {escape(repr(default))}: {escape(help_)}", highlight=False)
     for name, m in MODELS.items():
-        out.print(f"[bold]{name}[/bold]: {m.description} (default lr {m.lr:g})", highlight=False)
+        out.print(f"[bold]{name}[/bold]: {escape(m.description)} (default lr {m.lr:g})", highlight=False)
         for opt, (default, help_) in option_help(m.options_cls, own=True).items():
-            out.print(f"    {opt} = {default!r}: {help_}", highlight=False)
+            out.print(f"    {opt} = {escape(repr(default))}: {escape(help_)}", highlight=False)
 
 
 @app.command()
@@ -355,7 +394,7 @@ def datasets():
 
     for name, loader in DATASETS.items():
         doc = (sys.modules[loader.__module__].__doc__ or "").strip().splitlines()[0]
-        out.print(f"[bold]{name}[/bold]: {doc}", highlight=False)
+        out.print(f"[bold]{name}[/bold]: {escape(doc)}", highlight=False)
 
 
 def _settings(set_: list[str], data_dir: Optional[str]) -> list:
@@ -392,12 +431,12 @@ def grid(
 
     g = Grid.from_yaml(file, _settings(set_, data_dir)).select(only)
     if dry_run:
-        table = Table(title=f"{g.name}: {len(g.cells)} cells -> {out_dir}")
+        table = Table(title=escape(f"{g.name}: {len(g.cells)} cells -> {out_dir}"))
         for c in ("cell", "status", "settings"):
             table.add_column(c)
         statuses = plan(g, out_dir)
         for cell, status in statuses:
-            table.add_row(cell.name, status, ", ".join(labels(cell.values)))
+            table.add_row(escape(cell.name), status, escape(", ".join(labels(cell.values))))
         out.print(table)
         counts = {s: sum(st == s for _, st in statuses) for s in dict.fromkeys(st for _, st in statuses)}
         out.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
@@ -405,19 +444,19 @@ def grid(
     try:
         results = run_grid(g, out_dir, workers=workers, progress=progress)
     except GridInterrupted as e:
-        err.print(f"[yellow]{e}[/yellow]", highlight=False)
+        err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
         raise typer.Exit(130) from None
-    table = Table(title=f"{g.name} -> {out_dir}")
+    table = Table(title=escape(f"{g.name} -> {out_dir}"))
     for c in ("cell", "status", "val accuracy", "val F1 (w)", "runtime", "note"):
         table.add_column(c, justify="right" if c.startswith(("val", "runtime")) else "left")
     for r in results:
         m = r.metrics
-        table.add_row(r.cell.name, r.status, _fmt(m.get("val_accuracy")), _fmt(m.get("val_f1_weighted")),
-                      _minutes(m["runtime_s"]) if m.get("runtime_s") else "", r.error)
+        table.add_row(escape(r.cell.name), r.status, _fmt(m.get("val_accuracy")), _fmt(m.get("val_f1_weighted")),
+                      _minutes(m["runtime_s"]) if m.get("runtime_s") else "", escape(r.error or ""))
     out.print(table)
     summary = json.loads((out_dir / "grid.json").read_text(encoding="utf-8"))
-    out.print(f"grid wall time: this session {_minutes(summary['sessions'][-1]['wall_s'])}, all sessions "
-              f"{_minutes(summary['wall_s'])}; summary in {out_dir / 'grid.json'}", highlight=False)
+    out.print(escape(f"grid wall time: this session {_minutes(summary['sessions'][-1]['wall_s'])}, all sessions "
+                     f"{_minutes(summary['wall_s'])}; summary in {out_dir / 'grid.json'}"), highlight=False)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
@@ -444,14 +483,14 @@ def report(
                      data_dir=data_dir, title=title, max_columns=max_columns, note=note)
     table = Table(title="chosen on validation")
     for c in ("family", "run", f"val {metric}", "test accuracy", "test F1 (w)"):
-        table.add_column(c, justify="left" if c in ("family", "run") else "right")
+        table.add_column(escape(c), justify="left" if c in ("family", "run") else "right")
     for fam, e in r.chosen.items():
-        table.add_row(fam, e.name, _fmt(e.value("validation", metric)), _fmt(e.value("test", "accuracy")),
+        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", metric)), _fmt(e.value("test", "accuracy")),
                       _fmt(e.value("test", "f1_weighted")))
     out.print(table)
     if r.evaluated:
-        out.print(f"evaluated on test now: {', '.join(r.evaluated)}", highlight=False)
-    out.print(f"report: {r.markdown} and {r.html} ({len(r.figures)} plots)", highlight=False)
+        out.print(escape(f"evaluated on test now: {', '.join(map(str, r.evaluated))}"), highlight=False)
+    out.print(escape(f"report: {r.markdown} and {r.html} ({len(r.figures)} plots)"), highlight=False)
 
 
 @app.command()
@@ -483,14 +522,14 @@ def tune(
         s.name = study
     r = run_tune(s, out_dir or Path("runs") / s.name, trials=trials, storage=storage, timeout=timeout,
                  progress=progress, retrain=retrain_full)
-    out.print(f"study {r.study!r} in {r.storage}: {r.complete} complete, {r.pruned} pruned, {r.failed} failed",
-              highlight=False)
+    out.print(escape(f"study {r.study!r} in {r.storage}: {r.complete} complete, {r.pruned} pruned, "
+                     f"{r.failed} failed"), highlight=False)
     if r.best is None:
         err.print("no trial has completed yet")
         return
-    out.print(f"best: trial {r.best['trial']}, validation {s.metric} {r.best['value']:.4f}, "
-              f"params {json.dumps(r.best['params'])}", highlight=False)
-    out.print(f"best config: {r.best_config} (emotune train --config {r.best_config} ...)", highlight=False)
+    out.print(escape(f"best: trial {r.best['trial']}, validation {s.metric} {r.best['value']:.4f}, "
+                     f"params {json.dumps(r.best['params'])}"), highlight=False)
+    out.print(escape(f"best config: {r.best_config} (emotune train --config {r.best_config} ...)"), highlight=False)
     if r.retrained:
         print_metrics({"test": r.retrained["test"]}, f"{r.retrained['run']} (train+validation, "
                                                      f"{r.retrained['steps']} steps)")
@@ -524,7 +563,7 @@ def serve(
                max_batch=max_batch, batch_size=batch_size,
                max_wait_ms=max_wait_ms, max_texts=max_texts, max_chars=max_chars,
                max_body_bytes=max_body_bytes, share=share, log_level=log_level,
-               echo=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+               echo=lambda msg: err.print(escape(str(msg)), highlight=False, soft_wrap=True))
 
 
 @app.command()
@@ -557,11 +596,11 @@ def compose(
                     text_column=text_column, label_column=label_column, max_eval_samples=max_eval_samples,
                     seed=seed, test=test, overwrite=overwrite)
     splits = list(r.composed.splits)
-    table = Table(title=f"{out_dir}: {r.shots} shots, {trials} trials (same shots and head for every row)")
+    table = Table(title=escape(f"{out_dir}: {r.shots} shots, {trials} trials (same shots and head for every row)"))
     for c in ("encoder", "weights", "CV log-loss", *[f"{s} {m}" for s in splits for m in ("accuracy", "F1 (w)")]):
         table.add_column(c, justify="left" if c in ("encoder", "weights") else "right")
     for cand in [r.composed, *r.adapters, r.base]:
-        table.add_row(cand.name, " ".join(f"{w:+.3f}" for w in cand.weights or []), _fmt(cand.cv_log_loss),
+        table.add_row(escape(cand.name), " ".join(f"{w:+.3f}" for w in cand.weights or []), _fmt(cand.cv_log_loss),
                       *[_fmt(cand.splits[s][m]) for s in splits for m in ("accuracy", "f1_weighted")])
     out.print(table)
     out.print("zero-shot baseline: `emotune zeroshot` on the same data; metrics.json holds every row "
@@ -584,17 +623,17 @@ def analyze(
     from .analyze import analyze as run_analysis
 
     r = run_analysis(run_dirs, out_dir, top_k=top_k, epsilon=epsilon,
-                     on_run=lambda name: err.print(f"analysing {name}", highlight=False))
+                     on_run=lambda name: err.print(escape(f"analysing {name}"), highlight=False))
     table = Table(title=f"intruder dimensions (top-{top_k}, epsilon {epsilon})")
     for c in ("run", "method", "matrices changed", "intruders", "matrices with intruders", "mean eff. rank dW",
               "||dW||_F"):
         table.add_column(c, justify="left" if c in ("run", "method") else "right")
     for run in r.data["runs"]:
         t = run["totals"]
-        table.add_row(run["label"], run["method"], _fmt(t["matrices"]), _fmt(t["intruders"]),
+        table.add_row(escape(str(run["label"])), escape(str(run["method"])), _fmt(t["matrices"]), _fmt(t["intruders"]),
                       _fmt(t["matrices_with_intruders"]), _fmt(t["mean_effective_rank"]), _fmt(t["update_norm"]))
     out.print(table)
-    out.print(f"analysis: {r.json}, {r.markdown} ({len(r.figures)} plots)", highlight=False)
+    out.print(escape(f"analysis: {r.json}, {r.markdown} ({len(r.figures)} plots)"), highlight=False)
 
 
 @app.command("export")
@@ -618,8 +657,8 @@ def export_run(
     r = export_merged(run_dir, out_dir, stock_only=stock, overwrite=overwrite)
     load = (f"AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}"
             f"{', trust_remote_code=True' if r.trust_remote_code else ''})")
-    out.print(f"exported {run_dir} -> {out_dir} ({r.model_class}; probabilities within {r.max_abs_diff:.1e} of "
-              f"emotune's on the check texts)\nload with: {load}", highlight=False)
+    out.print(escape(f"exported {run_dir} -> {out_dir} ({r.model_class}; probabilities within {r.max_abs_diff:.1e} "
+                     f"of emotune's on the check texts)\nload with: {load}"), highlight=False)
 
 
 @app.command("merge")
@@ -649,7 +688,7 @@ def merge_cmd(
     if "validation" in metrics:
         print_metrics({"validation": metrics["validation"]}, f"{out_dir} ({m['how']}, weights {m['weights']})")
     else:
-        out.print(f"merged into {out_dir} ({m['how']}, weights {m['weights']})", highlight=False)
+        out.print(escape(f"merged into {out_dir} ({m['how']}, weights {m['weights']})"), highlight=False)
 
 
 def main() -> None:

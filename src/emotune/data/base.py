@@ -54,11 +54,14 @@ class Splits:
     name: str
     label_names: list[str]
     splits: dict[str, Split] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Splits the source has but that were left out, with the reason (hub test splits without labels)."""
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
+            why = f"; its {split} split was left out: {self.left_out[split]}" if split in self.left_out else ""
             raise DataError(f"data set {self.name!r} has no {split!r} split "
-                            f"(it has: {', '.join(self.splits) or 'none'})")
+                            f"(it has: {', '.join(self.splits) or 'none'}){why}")
         return self.splits[split]
 
 
@@ -99,11 +102,18 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
     if cfg.cv_folds is not None:
         cross_validation_fold(data, cfg.cv_folds, cfg.cv_fold or 0, seed)
     if "validation" not in data.splits and "train" in data.splits:
+        if len(data.splits["train"]) < 2:
+            raise DataError(f"data set {data.name!r} has {len(data.splits['train'])} training example(s) and no "
+                            "validation split: a validation split is carved from the training data, which needs "
+                            "at least 2 examples (more to learn anything)")
         data.splits["train"], data.splits["validation"] = data.splits["train"].carve(cfg.validation_fraction, seed)
     for split, n in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
                      ("test", cfg.max_eval_samples)):
         if split in data.splits:
             data.splits[split] = data.splits[split].head(n, seed)
+    for split in ("train", "validation"):
+        if split in data.splits and not len(data.splits[split]):
+            raise DataError(f"data set {data.name!r}: the {split} split is empty")
     return data
 
 
@@ -123,20 +133,32 @@ def cross_validation_fold(data: Splits, folds: int, fold: int, seed: int) -> Non
     data.splits["test"] = pooled._pick(sorted(int(i) for i in test_idx))
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines split on \\n only (a trailing \\r dropped), unlike str.splitlines, which also splits on
+    U+2028, U+0085 and \\x1c-\\x1e, characters that occur inside texts; no empty last line for a final
+    newline."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_text(path: Path) -> list[str]:
-    """A file's lines as text; a clear error for a missing file or bytes that are not UTF-8."""
+    """A file's lines (split_lines); a clear error for a missing file or bytes that are not UTF-8."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError("file not found", path) from None
     except IsADirectoryError:
         raise DataError("expected a file, found a folder", path) from None
+    except OSError as e:
+        raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"bytes that are not UTF-8 at byte {e.start}", path, line) from None
-    return text.splitlines()
+    return split_lines(text)
 
 
 def check_text(text: str, path: Path, line: int) -> str:
@@ -146,8 +168,14 @@ def check_text(text: str, path: Path, line: int) -> str:
     return text
 
 
-def label_id(label: str, names: list[str], path: Path, line: int) -> int:
+def label_id(label: str, names: list[str], path: Path, line: int, split: str | None = None) -> int:
+    """The label's id; an unknown label is an error naming the file and line (``split``: the split being
+    read when the names come from the training split, for a clearer message)."""
     try:
         return names.index(label)
     except ValueError:
+        if split is not None and split != "train":
+            raise DataError(f"unknown label {label!r}: it occurs in the {split} split but never in the training "
+                            f"split (training labels: {', '.join(names)}), so no model can learn it; remove those "
+                            "examples or add training examples", path, line) from None
         raise DataError(f"unknown label {label!r} (known: {', '.join(names)})", path, line) from None

@@ -27,6 +27,8 @@ def read_semicolon_file(path: Path, names: list[str]) -> Split:
         if not sep:
             raise DataError("no ';' separating text and label", path, n)
         texts.append(check_text(text, path, n))
+        if not label.strip():
+            raise DataError("empty label after the last ';'", path, n)
         labels.append(label_id(label.strip(), names, path, n))
     if not texts:
         raise DataError("no examples", path)

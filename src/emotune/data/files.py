@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 from pathlib import Path
 
 from ..config import DataConfig
@@ -19,7 +21,10 @@ SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid",
 
 
 def read_rows(path: Path, cfg: DataConfig) -> list[tuple[int, str, str]]:
-    """(line number, text, raw label) for every record of a CSV/TSV/JSONL file."""
+    """(line number, text, label) for every record of a CSV/TSV/JSONL file; the label is checked
+    (see ``label_text``)."""
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"unsupported file type {path.suffix!r} (use one of {', '.join(SUFFIXES)})", path)
     lines = read_text(path)
     rows: list[tuple[int, str, str]] = []
     if path.suffix in (".jsonl", ".json"):
@@ -34,28 +39,74 @@ def read_rows(path: Path, cfg: DataConfig) -> list[tuple[int, str, str]]:
                 raise DataError("not a JSON object", path, n)
             rows.append((n, *_columns(rec, cfg, path, n)))
         return rows
-    if path.suffix not in (".csv", ".tsv"):
-        raise DataError(f"unsupported file type {path.suffix!r} (use one of {', '.join(SUFFIXES)})", path)
-    reader = csv.DictReader(lines, delimiter="\t" if path.suffix == ".tsv" else ",")
-    if reader.fieldnames is None:
-        raise DataError("empty file", path)
-    for rec in reader:
-        n = reader.line_num
-        if None in rec:  # more fields than the header names
-            raise DataError("more fields than the header has", path, n)
-        rows.append((n, *_columns(rec, cfg, path, n)))
+    # TSV has no quoting: a text may start with a quote. CSV quotes (RFC 4180); a quoted field may span lines.
+    tsv = path.suffix == ".tsv"
+    reader = csv.DictReader([line + "\n" for line in lines], delimiter="\t" if tsv else ",",
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    try:
+        if reader.fieldnames is None:
+            raise DataError("empty file", path)
+        for rec in reader:
+            n = reader.line_num
+            if None in rec:  # more fields than the header names
+                raise DataError("more fields than the header has", path, n)
+            if any(v is None for v in rec.values()):
+                raise DataError(f"fewer fields than the header has ({len(reader.fieldnames)})", path, n)
+            rows.append((n, *_columns(rec, cfg, path, n)))
+    except csv.Error as e:
+        hint = " (a quote that is never closed?)" if "end of data" in str(e) or "quotechar" in str(e) else ""
+        raise DataError(f"not valid {'TSV' if tsv else 'CSV'}: {e}{hint}", path, reader.line_num or 1) from None
     return rows
+
+
+MISSING_LABELS = {"", "nan", "null"}
+
+
+def label_text(value: object, path: Path, n: int) -> str:
+    """A label as text: strings (stripped), integers, finite numbers and booleans; a missing label (empty,
+    null, NaN) or a list/mapping is an error naming the file and line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DataError(f"label {value!r} is not a class (a missing label?)", path, n)
+        return str(value)
+    if value is None:
+        raise DataError("empty label (null)", path, n)
+    if not isinstance(value, str):
+        raise DataError(f"label {value!r} is not a single value (a {type(value).__name__})", path, n)
+    label = value.strip()
+    if label.lower() in MISSING_LABELS:
+        raise DataError(f"empty label ({label!r})" if label else "empty label", path, n)
+    return label
+
+
+def check_label_spellings(rows: dict[str, list[tuple[int, str, str]]], files: dict[str, Path | None]) -> None:
+    """Refuse two spellings of one number as labels (`1` and `1.0`): they would become two classes."""
+    seen: dict[float, tuple[str, Path, int]] = {}
+    for split, recs in rows.items():
+        for n, _, label in recs:
+            try:
+                number = float(label)
+            except ValueError:
+                continue
+            first = seen.setdefault(number, (label, files[split], n))  # type: ignore[arg-type]
+            if first[0] != label:
+                raise DataError(f"label {label!r} is the number of label {first[0]!r} ({first[1]}:{first[2]}) "
+                                "spelt differently: they would be two classes; use one spelling", files[split], n)
 
 
 def _columns(rec: dict, cfg: DataConfig, path: Path, n: int) -> tuple[str, str]:
     for col in (cfg.text_column, cfg.label_column):
-        if col not in rec or rec[col] is None:
+        if col not in rec:
             raise DataError(f"no {col!r} column (columns: {', '.join(map(str, rec))}; "
                             "choose with --text-column/--label-column)", path, n)
     text = rec[cfg.text_column]
     if not isinstance(text, str):
         raise DataError(f"text is not a string: {text!r}", path, n)
-    return check_text(text, path, n), str(rec[cfg.label_column]).strip()
+    return check_text(text, path, n), label_text(rec[cfg.label_column], path, n)
 
 
 def _find_split(folder: Path, split: str) -> Path | None:
@@ -66,10 +117,13 @@ def _find_split(folder: Path, split: str) -> Path | None:
     return None
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _label_names(raw: list[str]) -> list[str]:
     names = sorted(set(raw))
-    if all(n.lstrip("-").isdigit() for n in names):
-        names.sort(key=int)  # numeric labels keep their numeric order
+    if all(INTEGER.fullmatch(n) for n in names):
+        names.sort(key=int)  # numeric labels keep their numeric order (ASCII digits only: not `²`, `--1`)
     return names
 
 
@@ -81,12 +135,14 @@ def load_files(path: Path, cfg: DataConfig) -> Splits:
     else:
         files = {"train": path, "validation": None, "test": None}
     rows = {s: read_rows(p, cfg) for s, p in files.items() if p is not None}
-    if not rows["train"]:
-        raise DataError("no examples", files["train"])
+    for s, recs in rows.items():
+        if not recs:
+            raise DataError("no examples", files[s])
+    check_label_spellings(rows, files)
     names = _label_names([label for _, _, label in rows["train"]])
     splits: dict[str, Split] = {}
     for s, recs in rows.items():
         p = files[s]
         assert p is not None
-        splits[s] = Split([t for _, t, _ in recs], [label_id(lab, names, p, n) for n, _, lab in recs])
+        splits[s] = Split([t for _, t, _ in recs], [label_id(lab, names, p, n, split=s) for n, _, lab in recs])
     return Splits(path.stem, names, splits)
