@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import RunError
+from ..errors import EmotuneError, RunError
 from ..experiments.settings import flatten, format_value, labels
 from ..io import read_json
 from ..models import is_classic
 from ..registry import Registry
-from ..runs import Run, find_runs
+from ..runs import CONFIG, Run, find_runs
 from ..train.metrics import HIGHER_IS_BETTER
 
 FAMILY_NAMES: Registry[Callable[[dict], str]] = Registry("method family")
@@ -116,10 +116,50 @@ def method_family(method: dict) -> str:
     return FAMILY_NAMES.get(name)(options) if name in FAMILY_NAMES else str(name)
 
 
-def collect(dirs: list[str | Path]) -> Collection:
+# What reading one run folder can raise: a config with an unknown field, corrupt JSON, an unreadable file.
+RUN_ERRORS = (EmotuneError, ValueError, OSError)
+
+
+def warn_stderr(message: str) -> None:
+    """One plain line on stderr."""
+    from rich.markup import escape
+
+    from ..progress import console
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _reason(e: Exception) -> str:
+    import json
+
+    if isinstance(e, json.JSONDecodeError):
+        return f"unreadable JSON ({e.msg} at line {e.lineno})"
+    return str(e) if isinstance(e, EmotuneError) else f"{type(e).__name__}: {e}"
+
+
+def find_readable_runs(root: str | Path, warn: Callable[[str], None] = warn_stderr) -> list[Run]:
+    """find_runs, except that a run folder that cannot be opened (an unknown config field...) is skipped
+    with a warning instead of stopping the search."""
+    try:
+        return find_runs(root)
+    except RUN_ERRORS:
+        if not Path(root).is_dir():
+            raise
+    found = []  # one folder at a time, to name the bad ones
+    for config in sorted(Path(root).rglob(CONFIG)):
+        try:
+            found += [r for r in find_runs(config.parent) if r.path == config.parent]
+        except RUN_ERRORS as e:
+            warn(f"skipped {config.parent}: {_reason(e)}")
+    return found
+
+
+def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -> Collection:
+    """Every run folder under ``dirs``; one that cannot be read (corrupt metrics.json or history.json, an
+    unknown config field) is skipped with a one-line ``warn``ing."""
     runs: dict[Path, Run] = {}
     for d in dirs:
-        for run in find_runs(d):
+        for run in find_readable_runs(d, warn):
             runs.setdefault(run.path.resolve(), run)
     if not runs:
         raise RunError(f"no run folders under {', '.join(map(str, dirs))}")
@@ -127,9 +167,19 @@ def collect(dirs: list[str | Path]) -> Collection:
     entries = []
     for path, run in sorted(runs.items()):
         history_file = path / "history.json"
-        entries.append(Entry(run, _relative(path, root), metrics=run.metrics,
-                             history=read_json(history_file) if history_file.is_file() else [],
-                             flat={k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}))
+        try:
+            metrics = run.metrics
+            history = read_json(history_file) if history_file.is_file() else []
+            if not isinstance(metrics, dict) or not isinstance(history, list):
+                raise ValueError(f"{'metrics.json' if not isinstance(metrics, dict) else 'history.json'} "
+                                 "does not hold what a run writes")
+            flat = {k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}
+        except RUN_ERRORS as e:
+            warn(f"skipped {path}: {_reason(e)}")
+            continue
+        entries.append(Entry(run, _relative(path, root), metrics=metrics, history=history, flat=flat))
+    if not entries:
+        raise RunError(f"no readable run folders under {', '.join(map(str, dirs))}")
     datasets = {data_name(e) for e in entries}
     models = {e.run.config.model.name for e in entries}
     for e in entries:
