@@ -135,6 +135,16 @@ def test_concurrent_requests_are_batched_and_answered_in_order(runs):
     assert all(n <= 16 for _, n in sizes)
 
 
+async def until(condition, timeout: float = 30) -> None:
+    """Wait (yielding to the event loop) until ``condition()`` holds; the timeout only bounds a failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        await asyncio.sleep(0.001)
+
+
 def test_close_finishes_in_flight_requests(runs):
     from emotune.serve import ModelRegistry
     from emotune.serve.batcher import Closed, MicroBatcher
@@ -145,9 +155,10 @@ def test_close_finishes_in_flight_requests(runs):
         batcher = MicroBatcher(reg, max_batch=64, max_wait_ms=200)
         await batcher.start()
         pending = [asyncio.create_task(batcher.submit("a", TEXTS)) for _ in range(3)]
-        await asyncio.sleep(0.02)  # queued, waiting in the batch window
+        await until(lambda: batcher.pending == 3)  # queued, waiting in the batch window
         closing = asyncio.create_task(batcher.close())
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.closing)
+        assert not any(p.done() for p in pending)  # still in flight when the close began
         with pytest.raises(Closed):
             await batcher.submit("a", TEXTS)
         done = await asyncio.gather(*pending)
@@ -212,9 +223,18 @@ def test_models_health_metrics_docs_page(client, runs):
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and "/v1/models" in spec["paths"]
     assert "texts" in json.dumps(spec["paths"]["/v1/predict"]["post"]["requestBody"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+    # rendered on the server from the schema: every operation, nothing loaded from another site
+    assert "/v1/predict" in docs.text and "/v1/models" in docs.text and "Content-Type: application/json" in docs.text
+    assert "<script" not in docs.text and "cdn" not in docs.text.lower() and 'src="http' not in docs.text
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/v1/predict" in page.text
+
+
+def raw(body: bytes) -> dict:
+    """A request body sent as is, declared as JSON."""
+    return {"content": body, "headers": {"content-type": "application/json"}}
 
 
 BAD = [
@@ -231,12 +251,17 @@ BAD = [
     ("unknown field", {"json": {"texts": ["hi"], "mode": "emo"}}, 422, "invalid_request"),
     ("no texts key", {"json": {"model": "emo"}}, 422, "invalid_request"),
     ("array body", {"json": ["i feel happy"]}, 422, "invalid_request"),
-    ("malformed JSON", {"content": b'{"texts": ["a",'}, 400, "invalid_json"),
-    ("empty body", {"content": b""}, 400, "invalid_json"),
-    ("deep nesting", {"content": b"[" * 15_000 + b"]" * 15_000}, 413, "body_too_large"),
-    ("deep nesting under the limit", {"content": b"[" * 5_000 + b"]" * 5_000}, 400, "invalid_json"),
-    ("invalid UTF-8", {"content": b'{"texts": ["caf\xe9 \xff"]}'}, 400, "invalid_utf8"),
-    ("lone surrogate", {"content": b'{"texts": ["\\ud800 happy"]}'}, 422, "invalid_text"),
+    ("malformed JSON", raw(b'{"texts": ["a",'), 400, "invalid_json"),
+    ("empty body", raw(b""), 400, "invalid_json"),
+    ("deep nesting", raw(b"[" * 15_000 + b"]" * 15_000), 413, "body_too_large"),
+    ("deep nesting under the limit", raw(b"[" * 5_000 + b"]" * 5_000), 400, "invalid_json"),
+    ("invalid UTF-8", raw(b'{"texts": ["caf\xe9 \xff"]}'), 400, "invalid_utf8"),
+    ("lone surrogate", raw(b'{"texts": ["\\ud800 happy"]}'), 422, "invalid_text"),
+    ("form body", {"content": b"texts=hi", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415,
+     "unsupported_media_type"),
+    ("JSON sent as text/plain", {"content": b'{"texts": ["hi"]}', "headers": {"content-type": "text/plain"}}, 415,
+     "unsupported_media_type"),
+    ("no Content-Type", {"content": b'{"texts": ["hi"]}'}, 415, "unsupported_media_type"),
     ("unknown model", {"json": {"texts": ["hi"], "model": "nope"}}, 404, "unknown_model"),
     ("path name", {"json": {"texts": ["hi"], "model": "../../etc/passwd"}}, 422, "invalid_model_name"),
     ("absolute path", {"json": {"texts": ["hi"], "model": "/tmp/run"}}, 422, "invalid_model_name"),
@@ -336,9 +361,19 @@ class ServerProcess:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)  # poll interval
         self.stop()
         raise RuntimeError("emotune serve did not become healthy in time")
+
+    def wait_for(self, condition, timeout: float = 60) -> None:
+        """Poll ``condition()`` until it holds; the timeout only bounds a failure."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError("timed out waiting for the server")
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 60) -> int:
         import signal
@@ -359,7 +394,6 @@ class ServerProcess:
 
 def test_sigterm_finishes_in_flight_requests(runs):
     import threading
-    import time
 
     import httpx
 
@@ -373,7 +407,7 @@ def test_sigterm_finishes_in_flight_requests(runs):
 
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.5)
+        server.wait_for(lambda: httpx.get(server.url + "/health", timeout=5).json()["pending"] == 1)  # in flight
         code = server.stop()
         t.join(60)
     finally:

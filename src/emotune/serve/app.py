@@ -4,30 +4,47 @@
     GET  /v1/models    the loaded models with their labels and metrics
     GET  /health       liveness and readiness
     GET  /metrics      Prometheus metrics (requests, latency, batch sizes)
-    GET  /docs         OpenAPI docs (schema at /openapi.json)
+    GET  /docs         API docs, rendered from the OpenAPI schema on the server (no CDN: works offline)
+    GET  /openapi.json the OpenAPI schema
     GET  /             the web page
 
-Every client error is a JSON ``{"error": {"type": ..., "message": ...}}`` with a 4xx status.
+Every error, whatever its cause, is a JSON ``{"error": {"type": ..., "message": ...}}``: a 4xx for a bad
+request (415 for a POST body that is not ``application/json``, 400 for a Host header the server does not
+serve), 503 (with ``Retry-After``) while the queue is full or the server is starting or stopping, 504 when a
+request waits longer than its timeout, and 500 when the model fails on a request or anything else goes
+wrong (the cause is logged, never sent). No response carries NaN or infinity: a prediction with a
+non-finite probability is a 500 ``non_finite_output`` for that request; non-finite metrics in
+``/v1/models`` are sent as null.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Optional
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette._utils import parse_host_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
-from .batcher import Closed, MicroBatcher
+from .batcher import Closed, MicroBatcher, QueueFull
+from .docs import docs_html
 from .models import ModelRegistry, valid_name
+
+log = logging.getLogger("emotune.serve")
 
 
 @dataclass
@@ -37,18 +54,22 @@ class Limits:
     max_texts: int = 64
     max_chars: int = 2000
     max_body_bytes: int = 1_000_000
+    timeout_s: Optional[float] = 30.0  # a request waiting longer (queue + inference) gets 504; None: no limit
 
 
 @dataclass
 class BatchConfig:
     """Micro-batching: at most ``max_batch`` texts per forward pass, gathered for at most ``max_wait_ms``;
     ``workers`` batches run side by side, each with ``threads_per_worker`` PyTorch threads (default: the
-    process's threads shared out)."""
+    process's threads shared out). At most ``max_queue`` requests wait for or are in inference; more get 503
+    with ``Retry-After: retry_after_s`` (None: no bound)."""
 
     max_batch: int = 32
     max_wait_ms: float = 2.0
     workers: int = 1
     threads_per_worker: Optional[int] = None
+    max_queue: Optional[int] = 256
+    retry_after_s: int = 1
 
 
 class ApiError(Exception):
@@ -59,6 +80,17 @@ class ApiError(Exception):
 
 def error_response(status: int, type_: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+def finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 # ---- request and response schemas (also the OpenAPI docs) ----------------------------------------
@@ -140,6 +172,28 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class TrustedHost(TrustedHostMiddleware):
+    """Starlette's Host header check, answering in JSON: requests whose Host is not one the server serves
+    are refused (400), so a page on another site cannot reach a server on loopback through a browser by
+    DNS rebinding. ``["*"]`` allows any host."""
+
+    def __init__(self, app, allowed_hosts):
+        super().__init__(app, allowed_hosts=list(allowed_hosts), www_redirect=False)
+
+    async def __call__(self, scope, receive, send):
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        parsed = parse_host_header(Headers(scope=scope).get("host"))
+        host = parsed.host.lower().strip("[]") if parsed is not None else None
+        if host is not None and any(host == p.strip("[]") or (p.startswith("*.") and host.endswith(p[1:]))
+                                    for p in self.allowed_hosts):
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await send({"type": "websocket.close", "code": 1008})
+        return await _send_json(send, 400, {"error": {"type": "invalid_host", "message": "the Host header names "
+                                                      "a host this server does not serve (see --allowed-host)"}})
+
+
 class Metrics:
     """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
 
@@ -199,10 +253,17 @@ class Metrics:
 
 
 # ---- the app ---------------------------------------------------------------------------------------
-ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON or invalid UTF-8."},
+ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON, invalid UTF-8 or a Host the server does "
+                                                       "not serve."},
           404: {"model": ErrorResponse, "description": "No loaded model has that name."},
           413: {"model": ErrorResponse, "description": "Too many texts, a text too long, or a body too large."},
-          422: {"model": ErrorResponse, "description": "Wrong JSON types, an empty list or text, a bad model name."}}
+          415: {"model": ErrorResponse, "description": "The body is not sent as Content-Type: application/json."},
+          422: {"model": ErrorResponse, "description": "Wrong JSON types, an empty list or text, a bad model name."},
+          500: {"model": ErrorResponse, "description": "The model failed on this request, or gave a non-finite "
+                                                       "probability."},
+          503: {"model": ErrorResponse, "description": "The queue is full (retry after Retry-After seconds), or "
+                                                       "the server is starting or shutting down."},
+          504: {"model": ErrorResponse, "description": "The request waited longer than the server's timeout."}}
 
 
 def page_html() -> str:
@@ -210,7 +271,10 @@ def page_html() -> str:
 
 
 def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
-               batching: BatchConfig | None = None) -> FastAPI:
+               batching: BatchConfig | None = None, allowed_hosts: Optional[list[str]] = None) -> FastAPI:
+    """The app serving ``registry``. ``allowed_hosts``: the Host header values it answers (``*.example.com``
+    patterns allowed); None or ``["*"]``: any (``emotune serve`` passes the bound host, plus localhost and
+    127.0.0.1 on loopback)."""
     limits = limits or Limits()
     batching = batching or BatchConfig()
     batcher_box: dict[str, MicroBatcher] = {}
@@ -224,7 +288,7 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
         per_worker = batching.threads_per_worker or max(1, torch.get_num_threads() // batching.workers)
         batcher = MicroBatcher(registry, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                                workers=batching.workers, threads_per_worker=per_worker,
-                               on_batch=metrics.on_batch)
+                               max_queue=batching.max_queue, on_batch=metrics.on_batch)
         await batcher.start()
         batcher_box["b"] = batcher
         state["ready"] = True
@@ -234,7 +298,7 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
             state["ready"] = False
             await batcher.close()  # in-flight requests finish first
 
-    app = FastAPI(title="emotune", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="emotune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Emotion and sentiment classification with trained emotune runs.")
     app.state.registry = registry
     app.state.limits = limits
@@ -252,6 +316,11 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "the server failed on this request (the cause is in its log)")
+
     request_schema = PredictRequest.model_json_schema()
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,  # type: ignore[arg-type]
@@ -260,6 +329,10 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
                                              "content": {"application/json": {"schema": request_schema}}}})
     async def predict(request: Request):
         """Per text, the most probable label and every class's probability."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as JSON with the header "
+                                                          "Content-Type: application/json")
         req = _parse(await request.body())
         name = req.model if req.model is not None else registry.default
         if not valid_name(name):
@@ -285,11 +358,27 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
                 raise ApiError(422, "invalid_text", f"text {i + 1} is not valid Unicode") from None
         if not state["ready"]:
             raise ApiError(503, "unavailable", "the server is starting or shutting down")
+        batcher = batcher_box["b"]
         try:
-            probs = await batcher_box["b"].submit(name, texts)
+            probs = await asyncio.wait_for(batcher.submit(name, texts), limits.timeout_s)
         except Closed:
             raise ApiError(503, "unavailable", "the server is shutting down") from None
+        except QueueFull:
+            return error_response(503, "overloaded", f"the server is busy ({batcher.pending} requests waiting); "
+                                                     f"retry in {batching.retry_after_s} s",
+                                  {"Retry-After": str(batching.retry_after_s)})
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within {limits.timeout_s:g} s: the server is busy or the "
+                                           "texts are too long for it") from None
+        except Exception as e:  # noqa: BLE001 - the model failed on this request (its neighbours were retried)
+            log.error("model %s failed on a request", name, exc_info=e)
+            raise ApiError(500, "inference_failed", f"model {name!r} failed on this request "
+                                                    "(the cause is in the server's log)") from None
         labels = registry[name].labels
+        bad = (~torch.isfinite(probs).all(dim=-1)).nonzero().flatten().tolist()
+        if bad:
+            raise ApiError(500, "non_finite_output", f"model {name!r} gave a non-finite probability for text "
+                                                     f"{bad[0] + 1}; no answer is sent for this request")
         rows = probs.tolist()
         return JSONResponse({"model": name, "predictions": [
             {"label": labels[max(range(len(row)), key=row.__getitem__)],
@@ -298,9 +387,11 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
     @app.get("/v1/models", summary="Loaded models")
     async def models():
         """The models a request can name, with their labels, method, base model and metrics."""
-        return {"default": registry.default, "models": [registry[n].describe() for n in registry.names],
-                "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars,
-                           "max_body_bytes": limits.max_body_bytes}}
+        return JSONResponse(finite({
+            "default": registry.default, "models": [registry[n].describe() for n in registry.names],
+            "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars,
+                       "max_body_bytes": limits.max_body_bytes, "timeout_s": limits.timeout_s,
+                       "max_queue": batching.max_queue}}))
 
     @app.get("/health", summary="Health")
     async def health():
@@ -318,8 +409,14 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
     async def page():
         return HTMLResponse(page_html())
 
-    # Outermost first: metrics see every answer, including bodies refused by the size limit.
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return HTMLResponse(docs_html(app.openapi()))
+
+    # The last added runs first: metrics see every answer, including hosts refused and bodies too large.
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHost, allowed_hosts=allowed_hosts)
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     app.state.metrics = metrics
     return app

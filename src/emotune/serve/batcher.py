@@ -5,6 +5,12 @@ is queued (waiting at most ``max_wait_ms`` for more while the batch is below ``m
 and runs it on the worker thread; results go back to each request's future. Under load, requests
 pile up while a batch runs, so the next batch is larger and throughput grows with load; alone, a
 request waits at most the short window.
+
+Faults: when the model fails on a batch, the batch runs again one request at a time, so a text that
+breaks the model fails only its own request. ``max_queue`` bounds the requests waiting for or in
+inference: beyond it ``submit`` raises ``QueueFull`` at once (the server answers 503) instead of letting
+latency grow without end. A request whose caller stops waiting (a timeout, a client gone) is dropped
+from the queue; one already running finishes and its result is discarded.
 """
 
 from __future__ import annotations
@@ -32,13 +38,18 @@ class Closed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+class QueueFull(RuntimeError):
+    """``max_queue`` requests are already waiting for or in inference."""
+
+
 class MicroBatcher:
     def __init__(self, registry: ModelRegistry, *, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 workers: int = 1, threads_per_worker: int | None = None,
+                 workers: int = 1, threads_per_worker: int | None = None, max_queue: int | None = None,
                  on_batch: Callable[[str, int, float], None] | None = None):
-        if max_batch < 1 or workers < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and workers must be at least 1, max_wait_ms at least 0")
+        if max_batch < 1 or workers < 1 or max_wait_ms < 0 or (max_queue is not None and max_queue < 1):
+            raise ValueError("max_batch, workers and max_queue must be at least 1, max_wait_ms at least 0")
         self.registry = registry
+        self.max_queue = max_queue
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.workers, self.threads_per_worker = workers, threads_per_worker
         self.on_batch = on_batch
@@ -80,11 +91,18 @@ class MicroBatcher:
         """Requests submitted and not answered yet."""
         return self._inflight
 
+    @property
+    def closing(self) -> bool:
+        """Whether ``close`` has begun (no new work is taken)."""
+        return self._closing
+
     # ---- requests -----------------------------------------------------------------------------
     async def submit(self, model: str, texts: list[str]) -> torch.Tensor:
         """Class probabilities for ``texts`` (one row each) from the named model."""
         if self._closing or self._queue is None:
             raise Closed("the server is shutting down")
+        if self.max_queue is not None and self._inflight >= self.max_queue:
+            raise QueueFull(f"{self._inflight} requests are already waiting (at most {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
         self._inflight += 1
         future.add_done_callback(self._done)
@@ -151,22 +169,39 @@ class MicroBatcher:
                 if not item.future.done():
                     by_model.setdefault(item.model, []).append(item)
             for model, items in by_model.items():
-                texts = [t for it in items for t in it.texts]
-                loop = asyncio.get_running_loop()
-                t0 = time.perf_counter()
                 try:
-                    probs = await loop.run_in_executor(self._executor, self.registry[model].probabilities, texts)
-                except Exception as e:  # noqa: BLE001 - handed to each waiting request
-                    for it in items:
-                        if not it.future.done():
-                            it.future.set_exception(e)
+                    await self._infer(model, items)
                     continue
-                if self.on_batch:
-                    self.on_batch(model, len(texts), time.perf_counter() - t0)
-                start = 0
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_result(probs[start:start + len(it.texts)])
-                    start += len(it.texts)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting request(s)
+                    error = e
+                if len(items) == 1:
+                    self._fail(items, error)
+                    continue
+                for it in items:  # again one request at a time, so one bad text fails only its own request
+                    if it.future.done():
+                        continue
+                    try:
+                        await self._infer(model, [it])
+                    except Exception as e:  # noqa: BLE001
+                        self._fail([it], e)
         finally:
             self._slots.release()
+
+    async def _infer(self, model: str, items: list[_Item]) -> None:
+        texts = [t for it in items for t in it.texts]
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        probs = await loop.run_in_executor(self._executor, self.registry[model].probabilities, texts)
+        if self.on_batch:
+            self.on_batch(model, len(texts), time.perf_counter() - t0)
+        start = 0
+        for it in items:
+            if not it.future.done():
+                it.future.set_result(probs[start:start + len(it.texts)])
+            start += len(it.texts)
+
+    @staticmethod
+    def _fail(items: list[_Item], error: BaseException) -> None:
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(error)

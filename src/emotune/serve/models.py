@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Sequence
 
 import torch
@@ -297,15 +297,25 @@ class ServedModel:
 
     def describe(self) -> dict:
         cfg = self.run.config
-        return {"name": self.name, "labels": self.labels, "method": cfg.method.get("name"),
+        # Only these fields, each a name or a number: never the run's folder, data_dir or any other path.
+        return {"name": self.name, "labels": [str(x) for x in self.labels], "method": _public(cfg.method.get("name")),
                 "base_model": _public(cfg.model.name), "pooling": cfg.model.pooling, "precision": self.precision,
                 "shares_base_with": self.shared_with, "data": _public(cfg.data.name),
                 "metrics": summary_metrics(self.run)}
 
 
-def _public(name: str) -> str:
-    """A local file or folder by its own name only: clients never see the server's paths."""
-    return Path(name).name if ("/" in name or "\\" in name) and Path(name).expanduser().exists() else name
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _public(name: object) -> object:
+    """A local file or folder by its own name only: clients never see the server's paths. A hub id
+    (``owner/name``) that is not a local path stays as it is; anything else with a path separator (absolute,
+    relative, ``~``, Windows) is cut to its last part, whether or not it exists on this machine."""
+    if not isinstance(name, str) or ("/" not in name and "\\" not in name):
+        return name
+    if HUB_ID_RE.match(name) and not Path(name).exists():
+        return name
+    return PureWindowsPath(name).name or name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 class ModelRegistry:
