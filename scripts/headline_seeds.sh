@@ -15,6 +15,8 @@
 # benchmarks/headline_summary.py: validation accuracy, test accuracy, test weighted F1, steps to the
 # best checkpoint and training time, mean ± std over the seeds. Only these configurations' test
 # splits are read; nothing is chosen on test. `emotune report RUNS_DIR --out DIR` reports the runs.
+# Training times are only comparable on an otherwise idle machine: progress.log records the load average
+# (1/5/15 min) at the start and end of every run.
 set -uo pipefail
 
 DATA=${1:?usage: headline_seeds.sh DATA_DIR RUNS_DIR [SEED ...]}
@@ -52,13 +54,14 @@ for row in $ROWS; do
         log="$RUNS/logs/$row-seed$seed.log"
         if finished "$out"; then echo "$row seed $seed: done already ($out)"; continue; fi
         for attempt in 1 2; do
-            echo "$(date -u +%FT%TZ) $row seed $seed (attempt $attempt) -> $out" | tee -a "$RUNS/logs/progress.log"
+            echo "$(date -u +%FT%TZ) $row seed $seed (attempt $attempt) -> $out; load $(cut -d' ' -f1-3 /proc/loadavg)" \
+                | tee -a "$RUNS/logs/progress.log"
             start=$(date +%s)
             # shellcheck disable=SC2046
             emotune train emotion --data-dir "$DATA" --out "$out" --epochs 3 --test --seed "$seed" \
                 $(row_args "$row") --no-progress >>"$log" 2>&1
             rc=$?
-            echo "$(date -u +%FT%TZ) $row seed $seed: exit $rc after $(( $(date +%s) - start )) s" \
+            echo "$(date -u +%FT%TZ) $row seed $seed: exit $rc after $(( $(date +%s) - start )) s; load $(cut -d' ' -f1-3 /proc/loadavg)" \
                 | tee -a "$RUNS/logs/progress.log"
             [ $rc -eq 0 ] && break
             [ $attempt -eq 1 ] && sleep 120
