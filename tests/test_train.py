@@ -9,7 +9,7 @@ import torch
 from emotune import api
 from emotune.errors import ConfigError, RunError
 from emotune.io import load_tensors
-from emotune.train.loop import Interrupted, class_weights
+from emotune.train.loop import Interrupted, class_weights, read_history
 
 from .conftest import tiny_config, write_emotion_folder
 
@@ -26,7 +26,7 @@ def test_run_folder_and_exact_reload(tiny_model, toy_data, tmp_path, method, pre
     out = tmp_path / "run"
     metrics = api.train(tiny_config(tiny_model, toy_data, method, precision=precision), out, progress=False)
     names = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "labels.json", "model.safetensors", "history.json", "metrics.json",
+    assert {"config.yaml", "labels.json", "model.safetensors", "history.jsonl", "metrics.json",
             "predictions_validation.csv"} <= names
     assert "checkpoint.safetensors" not in names and not any(n.endswith(".tmp") for n in names)
     assert metrics["completed"] and metrics["train"]["steps"] == 30  # 120 examples / 8 x 2 epochs
@@ -66,7 +66,7 @@ def test_early_stopping_and_best_checkpoint(tiny_model, toy_data, tmp_path):
     metrics = api.train(cfg, tmp_path / "run", progress=False)
     t = metrics["train"]
     assert t["stopped_early"] and t["steps"] < 20 * 15
-    history = api.Run.open(tmp_path / "run") and __import__("json").load(open(tmp_path / "run" / "history.json"))
+    history = read_history(tmp_path / "run")
     best = min(history, key=lambda h: h["validation"]["loss"])
     assert t["best_step"] == best["step"]
 

@@ -14,29 +14,19 @@ from .errors import DataError, RunError
 from .io import write_json, write_text
 from .models.vocab import WordTokenizer
 from .predictor import Predictor
-from .runs import CONFIG, LABELS, RUN_FILES, VOCAB, Run, build_model, find_runs, write_predictions
-from .train.loop import CHECKPOINT, Trainer, TrainResult, evaluate_classifier
-
-
-def _prepare_out_dir(cfg: RunConfig, out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished run; resume an interrupted one only with the same config."""
-    if not out.exists():
-        return
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for p in out.glob("predictions_*.csv"):
-            p.unlink()
-        return
-    if (out / CONFIG).exists():
-        run = Run.open(out) if (out / LABELS).exists() else None
-        if run is not None and run.complete:
-            raise RunError(f"{out}: a finished run is already there; choose another --out or pass --overwrite")
-        if (out / CHECKPOINT).exists():
-            saved = RunConfig.from_yaml(out / CONFIG)
-            if saved.to_dict() != cfg.to_dict():
-                raise RunError(f"{out}: holds an interrupted run with a different configuration; "
-                               "pass --overwrite to start afresh")
+from .runs import (
+    CONFIG,
+    LABELS,
+    VOCAB,
+    Run,
+    build_model,
+    find_runs,
+    prepare_run_dir,
+    replace_dir,
+    run_lock,
+    write_predictions,
+)
+from .train.loop import Trainer, TrainResult, evaluate_classifier
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
@@ -68,7 +58,7 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
 
     ``on_step(step)`` runs after every optimisation step (return True to stop with a checkpoint);
     ``on_evaluate(step, validation_metrics)`` after every validation (e.g. to prune a search trial)."""
-    from .methods import METHODS, lr_scales
+    from .methods import METHODS
 
     if METHODS.get(cfg.method.get("name", "")).build is not None:  # nothing to train (zero-shot, ensemble)
         from .built import write_built_run
@@ -76,7 +66,17 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
         return write_built_run(cfg, out, overwrite=overwrite, progress=progress)
     out = Path(out)
     cfg = resolve_config(cfg)
-    _prepare_out_dir(cfg, out, overwrite)
+    with run_lock(out, "emotune train"):
+        work = prepare_run_dir(cfg, out, overwrite)  # out itself, or a staging folder with overwrite
+        metrics = _train_into(cfg, work, progress, on_step, on_evaluate)
+        if work != out:
+            replace_dir(work, out)
+    return metrics
+
+
+def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate) -> dict:
+    from .methods import lr_scales
+
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
     # Classic models build their vocabulary from the training texts and keep it in the run folder.
@@ -99,9 +99,11 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
                                     trainer.device, tokenizer.pad_token_id or 0, trainer.dtype)
     write_predictions(out / "predictions_validation.csv", val_split.texts, val_split.labels,
                       torch.softmax(logits, -1), data.label_names)
-    return Run.open(out).update_metrics(
+    metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
         train=result.summary, validation=result.best_metrics)
+    trainer.finish()  # only now: a kill before this line resumes at the last step, never from step 0
+    return metrics
 
 
 def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None,
@@ -110,6 +112,11 @@ def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None =
     run = Run.open(run_dir)
     if not run.complete:
         raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+    with run_lock(run.path, "emotune evaluate"):
+        return _evaluate(run, split, data_dir, precision)
+
+
+def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
     data_cfg = run.config.data
     if data_dir:
         data_cfg.data_dir = data_dir
@@ -121,6 +128,7 @@ def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None =
     enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
     metrics, logits = evaluate_classifier(predictor.model, enc, run.labels, predictor.batch_size,
                                           predictor.device, predictor.pad_id, predictor.dtype)
+    metrics["precision"] = predictor.precision  # the inference mode these figures come from
     write_predictions(run.path / f"predictions_{split}.csv", part.texts, part.labels,
                       torch.softmax(logits, -1), run.labels)
     run.update_metrics(**{split: metrics})

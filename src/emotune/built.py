@@ -2,7 +2,7 @@
 built from the config, evaluated on validation, written like a trained run.
 
 config.yaml, labels.json, model.safetensors (the head: label embeddings, calibration offsets or the label
-map; empty for an ensemble; the rest is rebuilt from the config on load), history.json (empty),
+map; empty for an ensemble; the rest is rebuilt from the config on load), history.jsonl (empty),
 metrics.json (validation metrics; ``train`` holds the time to build and evaluate, 0 trainable
 parameters, the total and the peak memory) and predictions_validation.csv.
 """
@@ -37,21 +37,31 @@ class _Counting(nn.Module):
 
 def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Build the model a config describes (its method's ``build`` hook, e.g. ``{name: zero-shot, how: ...}``),
-    evaluate it on the validation split and write the run folder ``out``; return its metrics."""
-    from .api import _prepare_out_dir, resolve_config
+    evaluate it on the validation split and write the run folder ``out``; return its metrics. The folder is
+    written beside ``out`` and swapped in when complete: a failure leaves what was there untouched."""
+    from .api import resolve_config
+    from .runs import prepare_run_dir, run_lock, staged_dir
+
+    out = Path(out)
+    cfg = resolve_config(cfg)
+    with run_lock(out, "emotune build"):
+        if not overwrite:
+            prepare_run_dir(cfg, out, overwrite=False)  # refuses a finished run or another interrupted one
+        with staged_dir(out) as tmp:
+            metrics = _build_into(cfg, tmp, progress)
+    return metrics
+
+
+def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
     from .methods import METHODS
     from .predictor import prepare_model, resolve_mode
     from .progress import training_progress
-    from .runs import CONFIG, LABELS, METRICS, Run, write_predictions
-    from .train.loop import BEST, HISTORY, evaluate_classifier, resolve_device
+    from .runs import CONFIG, LABELS, Run, write_predictions
+    from .train.loop import BEST, evaluate_classifier, resolve_device, write_history
     from .train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 
     start = time.perf_counter()
     reset_peak_memory(resolve_device(cfg.train.device))  # this run's own peak
-    out = Path(out)
-    cfg = resolve_config(cfg)
-    _prepare_out_dir(cfg, out, overwrite)
-    (out / METRICS).unlink(missing_ok=True)  # an unfinished built run is simply redone
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data, cfg.train.seed)
@@ -63,7 +73,7 @@ def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, data.label_names)
     save_tensors(out / BEST, {n: p for n, p in model.named_parameters() if n.startswith("head.")})
-    write_json(out / HISTORY, [])
+    write_history(out, [])
     # Evaluated exactly as `emotune evaluate` will (the run's precision, Predictor's default mode).
     run = Run(out, cfg, data.label_names)
     device = resolve_device(cfg.train.device)

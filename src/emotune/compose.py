@@ -294,7 +294,7 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
     ``on_trial(number, objective)`` is called after each trial."""
     import optuna
 
-    from .api import _prepare_out_dir
+    from .runs import prepare_run_dir, run_lock, staged_dir
 
     if trials < 1:
         raise ConfigError("--trials must be at least 1")
@@ -311,7 +311,8 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
             setattr(cfg.data, key, value)
     cfg.train.seed, cfg.train.precision, cfg.train.lr, cfg.train.warmup_ratio = seed, "fp32", None, None  # no training
     out = Path(out)
-    _prepare_out_dir(cfg, out, overwrite)
+    if not overwrite:
+        prepare_run_dir(cfg, out, overwrite=False)  # refuse a finished run before the work, not after
 
     dataset = load_data(cfg.data, seed)
     labels = dataset.label_names
@@ -384,10 +385,9 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
     composer.use_mix(best_w)
     logits = evaluate(composed, keep=True)  # last: the model now holds the composed adapter and its head
 
-    _save_run(out, cfg, composer, labels, dataset, logits, sources)
     result = ComposeResult(out, composed, adapters, base, len(pick), history)
     counts = parameter_counts(composer.model)
-    Run.open(out).update_metrics(
+    sections = dict(
         completed=True, data={"name": dataset.name, **{k: len(v) for k, v in dataset.splits.items()}},
         train={"runtime_s": time.perf_counter() - start, "steps": 0, "trials": trials, **counts},
         **{s: composed.splits[s] for s in eval_splits},
@@ -401,6 +401,12 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
         baselines={"adapters": [a.summary() for a in adapters], "base_encoder": base.summary(),
                    "composed": composed.summary(),
                    "zero_shot": "not measured here: run `emotune zeroshot` on the same data and split"})
+    with run_lock(out, "emotune compose"):
+        if not overwrite:
+            prepare_run_dir(cfg, out, overwrite=False)  # again: another process may have written it meanwhile
+        with staged_dir(out) as tmp:  # swapped in only when complete
+            _save_run(tmp, cfg, composer, labels, dataset, logits, sources)
+            Run.open(tmp).update_metrics(**sections)
     return result
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from .errors import ConfigError, RunError
 from .io import write_json
-from .runs import Run
+from .runs import Run, run_lock, staged_dir
 
 TOLERANCE = 1e-5  # largest allowed difference of a class probability between emotune and the export
 MODELING_FILE = "modeling_emotune.py"
@@ -64,6 +64,11 @@ def export_merged(run_dir: str | Path, out: str | Path, *, stock_only: bool = Fa
     given, out = Path(out), Path(out).resolve()
     _check_out(out, overwrite)
     check_mergeable(run)
+    with run_lock(run.path, "emotune export"):  # the run cannot be retrained or re-evaluated meanwhile
+        return _export(run, given, out, stock_only)
+
+
+def _export(run: Run, given: Path, out: Path, stock_only: bool) -> ExportResult:
     model, tokenizer = run.load_model()
     model = merged_model(model, run)
     hf = stock_classifier(model, run) if run.config.model.pooling == "pooler" else None
@@ -78,9 +83,8 @@ def export_merged(run_dir: str | Path, out: str | Path, *, stock_only: bool = Fa
     tokenizer = copy.deepcopy(tokenizer)
     # `tokenizer(texts, truncation=True)` then truncates where emotune does.
     tokenizer.model_max_length = run.config.data.max_length
-    tmp = out.with_name(f".{out.name}.export-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # A fresh, randomly named folder: nothing another user placed there is ever loaded with trust_remote_code.
+    with staged_dir(out) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if custom:
@@ -93,11 +97,6 @@ def export_merged(run_dir: str | Path, out: str | Path, *, stock_only: bool = Fa
                                        "base_model": run.config.model.name, "pooling": run.config.model.pooling,
                                        "model_class": result.model_class, "trust_remote_code": custom,
                                        "max_abs_diff_probabilities": diff, "labels": run.labels})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -110,11 +109,12 @@ def _open_finished(run_dir: str | Path) -> Run:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """An export goes to a new or empty folder, or replaces an earlier export with ``overwrite``; never
-    anything else (a mistyped --out must not delete a folder of other files)."""
+    anything else (a mistyped --out must not delete a folder of other files, even another model)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if not out.is_dir() or not (out / "config.json").is_file():
-        raise RunError(f"{out}: exists and is not an exported model folder; choose another --out")
+    if not out.is_dir() or not (out / EXPORT_INFO).is_file():
+        raise RunError(f"{out}: exists and is not a folder emotune exported (no {EXPORT_INFO}); "
+                       "choose another --out")
     if not overwrite:
         raise RunError(f"{out}: holds an exported model; choose another --out or pass --overwrite")
 

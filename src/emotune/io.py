@@ -1,4 +1,9 @@
-"""Atomic file writes: a killed process never leaves a half-written file behind."""
+"""Durable file writes: a killed process (even kill -9, even a power cut) never leaves a half-written file.
+
+Every write goes to a hidden temporary file beside its target, is flushed to disk (fsync), renamed over the
+target (atomic on POSIX: readers see the old file or the new one), and the rename itself is made durable by
+syncing the folder. Append-only logs (history.jsonl) are appended and synced line by line.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,30 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+TMP_GLOB = ".*.tmp"  # what `_atomic` leaves behind after a kill -9 (see remove_stale_tmp)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new files in ``folder`` durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
@@ -17,9 +46,18 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        _fsync_file(tmp)  # the data is on disk before the rename makes it visible
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Delete temporary files a killed writer left in ``folder`` (they can hold hundreds of MB)."""
+    for p in Path(folder).glob(TMP_GLOB):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -32,6 +70,26 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    """Append one JSON line and sync it: the cost of a log entry does not grow with the log."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list:
+    """Every complete line of a JSON Lines file; a last line cut short by a kill is ignored."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return rows
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

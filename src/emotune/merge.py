@@ -19,7 +19,6 @@ What the combinations compute, per adapted matrix, with adapters ``B_i A_i`` sca
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ import torch
 from .errors import ConfigError, RunError
 from .io import save_tensors, write_json, write_text
 from .registry import Registry
-from .runs import CONFIG, LABELS, METRICS, Run, build_model
+from .runs import CONFIG, LABELS, METRICS, Run, build_model, run_lock, staged_dir
 from .train.loop import BEST
 
 
@@ -152,10 +151,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
     model, _, _ = build_model(cfg, len(runs[0].labels))
     tensors = merged_tensors(model, engine, keys, w)
 
-    tmp = out.with_name(f".{out.name}.merge-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with run_lock(out, "emotune merge"), staged_dir(out) as tmp:  # the old run stays until this one is complete
         write_text(tmp / CONFIG, cfg.to_yaml())
         write_json(tmp / LABELS, runs[0].labels)
         save_tensors(tmp / BEST, tensors)
@@ -170,11 +166,6 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
             from .api import evaluate as evaluate_run
 
             evaluate_run(tmp, "validation", data_dir=data_dir, precision="fp32")
-        if out.exists():  # empty, or a run replaced with overwrite (checked above)
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return Run.open(out).metrics
 
 

@@ -4,29 +4,150 @@
     labels.json               label names, in the order of the model's outputs
     model.safetensors         best weights: the trainable ones only (adapter + head for PEFT methods)
     vocab.json                classic models: the training words (frozen word vectors are rebuilt from it)
-    history.json              every validation evaluation
+    history.jsonl             every validation evaluation, one JSON line each (older runs: history.json)
     metrics.json              best validation metrics, training figures, test metrics once evaluated
     predictions_<split>.csv   per-text predictions and class probabilities
     checkpoint.safetensors    while training: what a resumed run starts from (removed when done)
+    .lock                     held (flock) by the process training, evaluating or writing the folder
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from .config import RunConfig
-from .errors import RunError
-from .io import load_tensors, read_json, write_json, write_text
-from .train.loop import BEST, CHECKPOINT, HISTORY
+from .errors import EmotuneError, RunError
+from .io import fsync_dir, load_tensors, read_json, remove_stale_tmp, write_json, write_text
+from .train.loop import BEST, CHECKPOINT, HISTORY, LEGACY_HISTORY
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
 VOCAB = "vocab.json"  # classic models' word vocabulary
-RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, CHECKPOINT, VOCAB)
+LOCK = ".lock"
+RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
+
+_held: dict[Path, int] = {}  # folders this process has locked (a lock is re-entrant within a process)
+
+
+@contextmanager
+def run_lock(folder: str | Path, what: str = "emotune") -> Iterator[None]:
+    """Hold ``<folder>/.lock`` exclusively while writing the folder; a second process gets a one-line
+    RunError naming the process that holds it. Released when the holder exits, even by kill -9."""
+    folder = Path(folder).resolve()
+    if fcntl is None or folder in _held:
+        _held[folder] = _held.get(folder, 0) + 1
+        try:
+            yield
+        finally:
+            _held[folder] -= 1
+            if not _held[folder]:
+                del _held[folder]
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(f"{folder}: in use by {holder}; wait for it to finish or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} ({what})\n")
+    f.flush()
+    _held[folder] = 1
+    try:
+        yield
+    finally:
+        del _held[folder]
+        if created and [p.name for p in folder.iterdir()] == [LOCK]:  # nothing written: leave no folder
+            (folder / LOCK).unlink()
+            folder.rmdir()
+        f.close()  # closing releases the lock
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``, replacing what was there only now that ``new`` is
+    complete (a typo or a crash before this point leaves the old folder as it was)."""
+    new, out = Path(new), Path(out)
+    fsync_dir(new)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
+    fsync_dir(out.parent)
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """A new, randomly named folder beside ``out`` to write into; swapped into place when the block
+    succeeds, deleted when it fails."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def same_config(folder: Path, cfg: RunConfig) -> bool:
+    try:
+        return RunConfig.from_yaml(folder / CONFIG).to_dict() == cfg.to_dict()
+    except (EmotuneError, OSError, ValueError):  # unreadable or from another version: not the same
+        return False
+
+
+def prepare_run_dir(cfg: RunConfig, out: Path, overwrite: bool) -> Path:
+    """Where to write the run ``cfg`` describes, before anything is loaded or trained; the caller holds
+    ``run_lock(out)``. A finished run is refused without ``overwrite``; an interrupted one resumes only
+    with the same config. With ``overwrite`` the old run stays untouched: the new one is written into
+    ``.<name>.overwrite`` beside it (resumable too) and `replace_dir` swaps it in once complete."""
+    out = Path(out)
+    if overwrite and (out / CONFIG).exists():
+        work = out.with_name(f".{out.name}.overwrite")
+        if work.exists() and not ((work / CHECKPOINT).exists() and same_config(work, cfg)):
+            shutil.rmtree(work)
+        if work.exists():
+            remove_stale_tmp(work)
+        return work
+    if not out.exists():
+        return out
+    remove_stale_tmp(out)
+    if overwrite or not (out / CONFIG).exists():  # leftovers of a run that never wrote its config
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for p in out.glob("predictions_*.csv"):
+            p.unlink()
+        return out
+    run = Run.open(out) if (out / LABELS).exists() else None
+    if run is not None and run.complete:
+        (out / CHECKPOINT).unlink(missing_ok=True)  # left by a kill between the final metrics and its removal
+        raise RunError(f"{out}: a finished run is already there; choose another --out or pass --overwrite")
+    if (out / CHECKPOINT).exists() and not same_config(out, cfg):
+        raise RunError(f"{out}: holds an interrupted run with a different configuration; "
+                       "pass --overwrite to start afresh")
+    return out
 
 
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,

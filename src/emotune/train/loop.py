@@ -2,11 +2,14 @@
 
 AdamW with a linear schedule (optional warm-up), evaluation every N steps, early stopping on a
 validation metric, the best weights kept, and a checkpoint at every evaluation that a later call
-resumes from. Ctrl-C or SIGTERM stop at the next step boundary after saving a checkpoint.
+resumes from. Ctrl-C or SIGTERM stop at the next step boundary after saving a checkpoint. The last
+checkpoint stays until the caller has written the run's final metrics (``finish`` removes it), so a kill
+while a run finishes never sends it back to step 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -22,8 +25,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
-from ..errors import ConfigError
-from ..io import load_tensors, save_tensors, write_json
+from ..errors import ConfigError, RunError
+from ..io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, write_text
 from .metrics import (
     check_metric,
     classification_metrics,
@@ -36,15 +39,42 @@ from .precision import MasterWeights, autocast, resolve_precision
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "model.safetensors"
-HISTORY = "history.json"
+HISTORY = "history.jsonl"  # one line per evaluation, appended
+LEGACY_HISTORY = "history.json"  # run folders written before history.jsonl: one JSON list
+
+
+def read_history(folder: Path) -> list[dict]:
+    """Every validation evaluation of the run in ``folder`` (either history format; [] when none)."""
+    folder = Path(folder)
+    if (folder / HISTORY).is_file():
+        return read_jsonl(folder / HISTORY)
+    if (folder / LEGACY_HISTORY).is_file():
+        return read_json(folder / LEGACY_HISTORY)
+    return []
+
+
+def write_history(folder: Path, history: list[dict]) -> None:
+    """Replace the history at once (a resumed run drops evaluations after its checkpoint)."""
+    write_text(Path(folder) / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
+    (Path(folder) / LEGACY_HISTORY).unlink(missing_ok=True)
+
+
+def data_fingerprint(data: "Encoded", label_names: list[str]) -> str:
+    """A short hash of the encoded training examples and label names: a resumed run must see the same data."""
+    h = hashlib.sha256(json.dumps(label_names).encode())
+    for ids, label in zip(data.ids, data.labels):
+        h.update(json.dumps([list(map(int, ids)), label]).encode())
+    return h.hexdigest()[:16]
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C/SIGTERM after a checkpoint was saved; run again to resume."""
+    """Training stopped by Ctrl-C/SIGTERM (after saving a checkpoint unless checkpoints are off)."""
 
-    def __init__(self, step: int, path: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint saved, run the same command again to resume")
-        self.step, self.path = step, path
+    def __init__(self, step: int, path: Path, saved: bool = True):
+        what = ("checkpoint saved, run the same command again to resume" if saved else
+                "no checkpoint (train.checkpoint=false): running the same command again starts afresh")
+        super().__init__(f"interrupted at step {step}; {what}")
+        self.step, self.path, self.saved = step, path, saved
 
 
 @dataclass
@@ -195,6 +225,8 @@ class Trainer:
         self.warmup_steps = int(round(warmup_ratio * self.total_steps))
         self.lengths = [len(x) for x in train.ids]
         self.class_weights = class_weights(cfg.class_weights, train.labels, len(label_names), self.device)
+        self.fingerprint = data_fingerprint(train, label_names)
+        self.history: list[dict] = []
 
     # ---- schedule -------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -220,7 +252,8 @@ class Trainer:
                 tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         tensors["rng.torch"] = torch.get_rng_state()
         groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-        meta = {"state": json.dumps(state), "param_groups": json.dumps(groups)}
+        meta = {"state": json.dumps(state), "param_groups": json.dumps(groups),
+                "labels": json.dumps(self.label_names), "data": self.fingerprint}
         save_tensors(self.out_dir / CHECKPOINT, tensors, meta)
 
     def load_checkpoint(self) -> dict | None:
@@ -228,6 +261,11 @@ class Trainer:
         if not path.exists():
             return None
         tensors, meta = load_tensors(path)
+        labels = json.loads(meta.get("labels", "null"))
+        if (labels is not None and labels != self.label_names) or meta.get("data", self.fingerprint) != self.fingerprint:
+            raise RunError(f"{self.out_dir}: the checkpoint was trained on other data "
+                           f"({'labels ' + str(labels) if labels != self.label_names else 'other training texts'}); "
+                           "restore the data or pass --overwrite to start afresh")
         self.masters.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         groups = json.loads(meta["param_groups"])
         for g in groups:
@@ -251,18 +289,22 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         state = self.load_checkpoint() or {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0,
-                                           "bad_evals": 0, "history": [], "elapsed": 0.0, "samples": 0,
-                                           "train_time": 0.0}
+                                           "bad_evals": 0, "elapsed": 0.0, "samples": 0, "train_time": 0.0,
+                                           "finished": False, "stopped_early": False}
         resumed_from = state["step"] or None
+        # The log may hold evaluations after the checkpoint (a kill between the two): drop them.
+        self.history = [h for h in read_history(self.out_dir) if h["step"] <= state["step"]]
+        if state["step"] == 0 or len(self.history) != len(read_history(self.out_dir)):
+            write_history(self.out_dir, self.history)
         start = time.perf_counter() - state["elapsed"]
         loss_sum, loss_n = 0.0, 0
-        stopped_early = False
+        stopped_early = state.get("stopped_early", False)
         self.model.train()
         from ..progress import training_progress
 
         with stop_requests() as stop, training_progress(self.total_steps, enabled=self.progress) as bar:
             bar.update(completed=state["step"], best=state["best"], metric=cfg.metric)
-            while state["step"] < self.total_steps and not stopped_early:
+            while state["step"] < self.total_steps and not stopped_early and not state.get("finished"):
                 epoch_batches = self.epoch_batches(state["epoch"])
                 for bi in range(state["batch"], len(epoch_batches)):
                     t0 = time.perf_counter()
@@ -288,7 +330,7 @@ class Trainer:
                     if stop["stop"] or requested:
                         state["elapsed"] = time.perf_counter() - start
                         self.save_checkpoint(state)
-                        raise Interrupted(state["step"], self.out_dir / CHECKPOINT)
+                        raise Interrupted(state["step"], self.out_dir / CHECKPOINT, saved=self.cfg.checkpoint)
                     if end_of_epoch:
                         break
 
@@ -296,7 +338,7 @@ class Trainer:
         best, _ = load_tensors(self.out_dir / BEST)
         self.masters.load_state_dict(best)
         elapsed = time.perf_counter() - start
-        best_eval = next(h for h in state["history"] if h["step"] == state["best_step"])
+        best_eval = next(h for h in self.history if h["step"] == state["best_step"])
         summary = {
             "runtime_s": elapsed, "steps": state["step"], "best_step": state["best_step"],
             "epochs": state["step"] / self.steps_per_epoch,
@@ -308,9 +350,13 @@ class Trainer:
             "lr": self.lr, "warmup_steps": self.warmup_steps, "stopped_early": stopped_early,
             "resumed_from_step": resumed_from, **self.params,
         }
-        (self.out_dir / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; free the space
-        return TrainResult(state["best_step"], best_eval["validation"], state["history"], summary,
+        # The checkpoint (marked finished) stays until the caller has written the final metrics: `finish`.
+        return TrainResult(state["best_step"], best_eval["validation"], self.history, summary,
                            stopped_early, resumed_from)
+
+    def finish(self) -> None:
+        """Free the checkpoint's space once the run's final metrics are on disk."""
+        (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
 
     def train_step(self, idx: list[int], step: int) -> float:
         batch = collate([self.train_data.ids[i] for i in idx], self.pad_id)
@@ -340,17 +386,19 @@ class Trainer:
         entry = {"step": state["step"], "epoch": state["step"] / self.steps_per_epoch, "train_loss": train_loss,
                  "lr": self.lr_at(state["step"] - 1), "elapsed_s": time.perf_counter() - start,
                  "validation": metrics}
-        state["history"].append(entry)
+        self.history.append(entry)
+        append_jsonl(self.out_dir / HISTORY, entry)
         if is_better(self.cfg.metric, value, state["best"]):
             state.update(best=value, best_step=state["step"], bad_evals=0)
             save_tensors(self.out_dir / BEST, self.masters.state_dict())
         else:
             state["bad_evals"] += 1
-        write_json(self.out_dir / HISTORY, state["history"])
         if self.on_evaluate:
             self.on_evaluate(state["step"], metrics)
         state["elapsed"] = time.perf_counter() - start
         stop = self.cfg.patience is not None and state["bad_evals"] >= self.cfg.patience
-        if not stop and state["step"] < self.total_steps:
-            self.save_checkpoint(state)
+        # The last evaluation's checkpoint marks the loop finished: a kill before the caller's final
+        # metrics are written resumes here, with nothing to retrain.
+        state.update(finished=stop or state["step"] >= self.total_steps, stopped_early=stop)
+        self.save_checkpoint(state)
         return stop
