@@ -141,7 +141,7 @@ class TrainConfig:
         for name in ("patience", "max_steps", "threads"):
             _at_least(f"train.{name}", getattr(self, name), 1, optional=True)
         _positive("train.max_epochs", self.max_epochs)
-        _positive("train.lr", self.lr, optional=True)
+        _in_range("train.lr", self.lr, 0, None, optional=True)  # 0: methods that do not train
         _positive("train.max_grad_norm", self.max_grad_norm, optional=True)
         _in_range("train.weight_decay", self.weight_decay, 0, None)
         _in_range("train.warmup_ratio", self.warmup_ratio, 0, 1, optional=True)
