@@ -176,3 +176,21 @@ def test_page_classifies_lines_and_switches_models(server, tmp_path):
         assert "at most 200" in message
     finally:
         browser.close()
+
+
+def test_docs_page_renders_offline(server, tmp_path):
+    """/docs is built on the server from the schema: it renders with nothing fetched from another origin."""
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=server.url + "/docs")
+        browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('.op').length > 0")
+        text = browser.eval("document.body.innerText")
+        assert "POST" in text and "/v1/predict" in text and "/v1/models" in text and "Content-Type" in text
+        assert browser.eval("document.querySelector('h1').getBoundingClientRect().height") > 10  # laid out
+        resources = browser.eval("performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(r.startswith(server.url) for r in resources), resources
+        shot = browser.screenshot(tmp_path / "docs.png")
+        assert shot.stat().st_size > 10_000  # not a blank page
+    finally:
+        browser.close()
