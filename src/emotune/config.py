@@ -72,7 +72,7 @@ class DataConfig:
         if self.cv_folds is None or self.cv_fold is None:
             raise ConfigError("cross-validation needs both data.cv_folds (e.g. 10) and data.cv_fold (0-based)")
         _at_least("data.cv_folds", self.cv_folds, 2)
-        _at_least("data.cv_fold", self.cv_fold, 0)
+        _at_least("data.cv_fold", self.cv_fold, None)  # its range is checked below
         if self.cv_folds < 2:
             raise ConfigError(f"data.cv_folds must be at least 2, got {self.cv_folds}")
         if not 0 <= self.cv_fold < self.cv_folds:
@@ -156,12 +156,13 @@ def _number(name: str, value: Any, optional: bool) -> bool:
     return True
 
 
-def _at_least(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+def _at_least(name: str, value: Any, minimum: int | None, optional: bool = False) -> None:
+    """A whole number of at least ``minimum`` (any whole number when None); None allowed when ``optional``."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}{' (or null for none)' if optional else ''}, "
                           f"got {value}")
 
