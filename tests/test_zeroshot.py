@@ -424,6 +424,25 @@ def test_a_gguf_file_loads_its_own_conversion(tmp_path, monkeypatch):
     assert all(t.parent == tmp_path / "cache" / "models" and t.name.startswith("tiny-") for t in targets)
 
 
+def test_a_causal_lm_with_pickled_weights_only_is_refused(tiny_llama, tmp_path):
+    import shutil
+
+    from emotune.zeroshot.llm import load_causal_lm
+
+    folder = tmp_path / "pickled-llama"
+    shutil.copytree(tiny_llama, folder)
+    weights = {}
+    from safetensors.torch import load_file
+
+    for f in folder.glob("*.safetensors"):
+        weights.update(load_file(f))
+        f.unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="safetensors only") as e:
+        load_causal_lm(str(folder))
+    assert "\n" not in str(e.value)
+
+
 def test_llm_run_reloads_with_its_calibration(tiny_llama, tmp_path):
     data = write_polar_folder(tmp_path / "polar")
     cfg = zs_config(tiny_llama, None, "llm", calibrate="unlabeled", calibration_texts=6)
