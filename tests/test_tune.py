@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from glob import glob
 from pathlib import Path
 
@@ -17,12 +18,21 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from emotune import api
+from emotune import api, runs
 from emotune.config import RunConfig
-from emotune.errors import ConfigError
+from emotune.errors import ConfigError, RunError
 from emotune.experiments.grid import Grid, cell_status
-from emotune.experiments.tune import SearchSpace, open_study, tune
+from emotune.experiments.tune import (
+    SearchSpace,
+    _safe_url,
+    default_storage,
+    open_study,
+    tune,
+)
+from emotune.runs import run_lock
 from emotune.train.loop import Interrupted
+
+tune_module = sys.modules["emotune.experiments.tune"]  # the module (the package exports the function)
 
 
 def space_spec(tiny_model, data_dir, **extra):
@@ -190,13 +200,30 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _complete_trials(url: str) -> int:
+    try:
+        study = optuna.load_study(study_name="tiny", storage=url)
+    except KeyError:  # the first worker has not created the study yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def test_two_workers_share_one_postgres_study(tiny_model, toy_data, tmp_path, postgres_url):
     f = tmp_path / "space.yaml"
     f.write_text(yaml.safe_dump(space_spec(tiny_model, toy_data, storage=postgres_url)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    workers = [subprocess.Popen([sys.executable, "-m", "emotune.cli", "tune", str(f), "--trials", "6", "--out",
+
+    def worker(i):
+        return subprocess.Popen([sys.executable, "-m", "emotune.cli", "tune", str(f), "--trials", "6", "--out",
                                  str(tmp_path / f"worker{i}"), "--no-progress"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+                                stderr=subprocess.PIPE, text=True, env=env)
+
+    workers = [worker(0)]
+    deadline = time.time() + 300  # a failure bound only: the loop waits for a condition
+    while not _complete_trials(postgres_url):
+        assert workers[0].poll() is None and time.time() < deadline, workers[0].communicate()
+        time.sleep(0.2)
+    workers.append(worker(1))
     outputs = [w.communicate(timeout=600) for w in workers]
     for w, (stdout, stderr) in zip(workers, outputs):
         assert w.returncode == 0, stderr
@@ -204,8 +231,52 @@ def test_two_workers_share_one_postgres_study(tiny_model, toy_data, tmp_path, po
     study = optuna.load_study(study_name="tiny", storage=postgres_url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert 6 <= len(done) <= 7  # a race can start one extra trial; never fewer than asked
-    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers contributed
+    # How the trials split between the workers depends on timing; that they share one study does not:
+    # the second worker is started only once the first has finished a trial, and it must count that trial.
     for t in done:  # each trial's run sits with the worker that trained it
         here = [tmp_path / f"worker{i}" / t.user_attrs["run"] for i in range(2)]
         assert sum((p / "metrics.json").exists() for p in here) == 1
     assert all((tmp_path / f"worker{i}" / "best.yaml").exists() for i in range(2))
+
+
+def test_a_second_study_never_takes_a_finished_trial_of_another(tiny_model, toy_data, tmp_path):
+    first = SearchSpace.from_dict(space_spec(tiny_model, toy_data))
+    tune(first, tmp_path, trials=1, progress=False)
+    other = space_spec(tiny_model, toy_data, study="other")  # numbered from 0 too, other parameters
+    other["base"]["train"]["max_steps"] = 6
+    with pytest.raises(RunError, match="another configuration"):
+        tune(SearchSpace.from_dict(other), tmp_path, trials=1, progress=False)
+
+
+def test_an_interrupted_trial_is_queued_again_once(tiny_model, toy_data, tmp_path, monkeypatch):
+    s = SearchSpace.from_dict(space_spec(tiny_model, toy_data))
+    study = open_study(s, default_storage(tmp_path))
+    trial = study.ask()
+    trial.set_user_attr("run", "trials/trial-0000")
+    study.tell(trial, state=TrialState.FAIL)
+    (tmp_path / "trials" / "trial-0000").mkdir(parents=True)
+    (tmp_path / "trials" / "trial-0000" / "checkpoint.safetensors").write_bytes(b"")
+    # Workers sharing an --out queue interrupted trials under the folder's lock, one after the other, so
+    # the second sees the trial the first queued.
+    held = []
+    real = tune_module.requeue_interrupted
+    monkeypatch.setattr(tune_module, "requeue_interrupted",
+                        lambda st, out: held.append(out.resolve() in runs._held) or real(st, out))
+    tune(s, tmp_path, trials=0, progress=False)
+    tune(s, tmp_path, trials=0, progress=False)
+    assert held == [True, True]
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert [t.user_attrs["resumes"] for t in waiting] == [0]
+    # The lock serialises processes: a second one waits for the first instead of running alongside.
+    script = ("import sys; from emotune.runs import run_lock\n"
+              "with run_lock(sys.argv[1], 'second', wait=True): print(open(sys.argv[1] + '/.lock').read())")
+    with run_lock(tmp_path, "first worker"):
+        second = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    stdout, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0 and "(second)" in stdout, stderr
+
+
+def test_storage_urls_never_show_their_password():
+    assert "secret" not in _safe_url("postgresql://emotune:secret@db.example:5432/emotune")
+    assert "secret" not in _safe_url("postgresql://emotune:secret@[broken")

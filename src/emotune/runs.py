@@ -44,9 +44,10 @@ _held: dict[Path, int] = {}  # folders this process has locked (a lock is re-ent
 
 
 @contextmanager
-def run_lock(folder: str | Path, what: str = "emotune") -> Iterator[None]:
+def run_lock(folder: str | Path, what: str = "emotune", *, wait: bool = False) -> Iterator[None]:
     """Hold ``<folder>/.lock`` exclusively while writing the folder; a second process gets a one-line
-    RunError naming the process that holds it. Released when the holder exits, even by kill -9."""
+    RunError naming the process that holds it (or, with ``wait``, waits its turn). Released when the holder
+    exits, even by kill -9."""
     folder = Path(folder).resolve()
     if fcntl is None or folder in _held:
         _held[folder] = _held.get(folder, 0) + 1
@@ -61,7 +62,7 @@ def run_lock(folder: str | Path, what: str = "emotune") -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     f = open(folder / LOCK, "a+", encoding="utf-8")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "another process"
@@ -134,11 +135,13 @@ def prepare_run_dir(cfg: RunConfig, out: Path, overwrite: bool) -> Path:
     if not out.exists():
         return out
     remove_stale_tmp(out)
-    if overwrite or not (out / CONFIG).exists():  # leftovers of a run that never wrote its config
+    if overwrite:  # no run there (no config): clear what an earlier attempt left
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for p in out.glob("predictions_*.csv"):
             p.unlink()
+        return out
+    if not (out / CONFIG).exists():
         return out
     run = Run.open(out) if (out / LABELS).exists() else None
     if run is not None and run.complete:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 import warnings
@@ -38,6 +39,8 @@ from ..config import RunConfig
 from ..errors import ConfigError, RunError
 from ..io import read_json, write_json, write_text
 from ..registry import Registry
+from ..runs import CONFIG, same_config
+from ..train.loop import read_history
 from ..train.metrics import HIGHER_IS_BETTER
 from .settings import apply_settings, config_from, format_value, labels, load_spec
 
@@ -237,8 +240,8 @@ def open_study(space: SearchSpace, storage: str, *, create: bool = True):
     study = optuna.create_study(study_name=space.name, storage=rdb, sampler=space.make_sampler(),
                                 pruner=space.make_pruner(), direction=space.direction, load_if_exists=create)
     if study.direction.name.lower() != space.direction:
-        raise ConfigError(f"study {space.name!r} in {storage} was created to {study.direction.name.lower()}; "
-                          f"this space asks to {space.direction}")
+        raise ConfigError(f"study {space.name!r} in {_safe_url(storage)} was created to "
+                          f"{study.direction.name.lower()}; this space asks to {space.direction}")
     return study
 
 
@@ -259,7 +262,10 @@ def tune(space: SearchSpace, out: str | Path, *, trials: int, storage: str | Non
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
     study = open_study(space, url)
     optuna.storages.fail_stale_trials(study)  # trials of workers that died without a word
-    requeue_interrupted(study, out)
+    from ..runs import run_lock
+
+    with run_lock(out, "emotune tune: queueing interrupted trials", wait=True):  # workers sharing --out: once
+        requeue_interrupted(study, out)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
     if done < trials:
@@ -334,10 +340,14 @@ class Objective:
 
         if self.bar:
             self.bar.start(name)
-        for h in _history(run_dir):  # a resumed trial: the pruner sees its earlier evaluations too
+        resolved = api.resolve_config(cfg)
+        if (run_dir / CONFIG).is_file() and not same_config(run_dir, resolved) and Run.open(run_dir).complete:
+            raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
+                           "--out?); use another --out")
+        for h in read_history(run_dir):  # a resumed trial: the pruner sees its earlier evaluations too
             trial.report(h["validation"][metric], h["step"])
         try:
-            if (run_dir / "config.yaml").is_file() and Run.open(run_dir).complete:
+            if (run_dir / CONFIG).is_file() and Run.open(run_dir).complete:
                 metrics = Run.open(run_dir).metrics  # trained before the worker could record it
             else:
                 metrics = api.train(cfg, run_dir, progress=False, on_step=on_step, on_evaluate=on_evaluate)
@@ -367,19 +377,14 @@ class Objective:
         self.bar.finish(name, status, completed=done, note=note)
 
 
-def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.json"
-    return read_json(path) if path.is_file() else []
-
-
 def mark_pruned(run_dir: Path, number: int) -> None:
     """Leave a pruned trial's folder clean: no checkpoint for anything to resume, no weights; marked pruned."""
     from ..runs import METRICS
-    from ..train.loop import BEST, CHECKPOINT, HISTORY
+    from ..train.loop import BEST, CHECKPOINT
 
     for name in (CHECKPOINT, BEST):
         (run_dir / name).unlink(missing_ok=True)
-    history = read_json(run_dir / HISTORY) if (run_dir / HISTORY).is_file() else []
+    history = read_history(run_dir)
     old = read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {}
     write_json(run_dir / METRICS, {**old, "completed": False, "pruned": True, "trial": number,
                                    "pruned_at_step": history[-1]["step"] if history else 0})
@@ -417,13 +422,13 @@ def summarize(study, out: Path, storage: str) -> TuneResult:
 
 
 def _safe_url(url: str) -> str:
-    """The storage URL without its password, for printing."""
+    """The storage URL without its password, for printing (also when it does not parse)."""
     try:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
+    except Exception:  # noqa: BLE001 - whatever went wrong, never show the password
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def export_best(study, space: SearchSpace, out: Path) -> Path:
@@ -473,7 +478,10 @@ def retrain_full(space: SearchSpace, best: dict, out: Path, *, progress: bool = 
     cfg = merged_data_config(RunConfig.from_dict(best["config"]), data_dir)
     steps = int(best["best_step"])
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.patience, cfg.train.metric = steps, steps, None, "loss"
-    run = Run.open(run_dir) if (run_dir / "config.yaml").is_file() else None
+    run = Run.open(run_dir) if (run_dir / CONFIG).is_file() else None
+    if run is not None and run.complete and not same_config(run_dir, api.resolve_config(cfg)):
+        raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
+                       "--out?); use another --out")
     if run is None or not run.complete:
         # Marked before training starts, so no report ever mistakes its validation figures for held-out ones.
         marker = {"from_trial": best["trial"], "study": space.name, "data": "train+validation", "steps": steps,

@@ -261,10 +261,10 @@ class Trainer:
         if not path.exists():
             return None
         tensors, meta = load_tensors(path)
-        labels = json.loads(meta.get("labels", "null"))
-        if (labels is not None and labels != self.label_names) or meta.get("data", self.fingerprint) != self.fingerprint:
-            raise RunError(f"{self.out_dir}: the checkpoint was trained on other data "
-                           f"({'labels ' + str(labels) if labels != self.label_names else 'other training texts'}); "
+        labels = json.loads(meta.get("labels", "null")) or self.label_names  # older checkpoints: unchecked
+        if labels != self.label_names or meta.get("data", self.fingerprint) != self.fingerprint:
+            what = f"labels {labels}" if labels != self.label_names else "other training texts"
+            raise RunError(f"{self.out_dir}: the checkpoint was trained on other data ({what}); "
                            "restore the data or pass --overwrite to start afresh")
         self.masters.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
         groups = json.loads(meta["param_groups"])
