@@ -73,11 +73,11 @@ def embed_run(tiny_model, tmp_path_factory) -> Path:
 
 
 def test_embed_writes_a_complete_run_folder(embed_run):
-    for name in ("config.yaml", "labels.json", "model.safetensors", "history.json", "metrics.json",
+    for name in ("config.yaml", "labels.json", "model.safetensors", "history.jsonl", "metrics.json",
                  "predictions_validation.csv"):
         assert (embed_run / name).is_file(), name
     m = json.loads((embed_run / "metrics.json").read_text())
-    assert m["completed"] and json.loads((embed_run / "history.json").read_text()) == []
+    assert m["completed"] and (embed_run / "history.jsonl").read_text().strip() == ""  # no training: no evaluations
     assert 0 <= m["validation"]["accuracy"] <= 1 and "f1_macro" in m["validation"]
     assert m["train"]["trainable_params"] == 0 and m["train"]["total_params"] > 0
     assert m["train"]["runtime_s"] > 0 and m["train"]["peak_memory_mb"] > 0
