@@ -170,3 +170,14 @@ def test_ctrl_c_stops_parallel_cells_with_checkpoints(tiny_model, toy_data, tmp_
     assert [st for _, st in plan(Grid.from_yaml(f), out)] == ["interrupted", "interrupted"]
     summary = json.loads((out / "grid.json").read_text())
     assert [c["status"] for c in summary["cells"]] == ["interrupted", "interrupted"]
+
+
+@pytest.mark.parametrize("group", [".", "..", "../escape", ".hidden"])
+def test_group_names_never_leave_the_grid_folder(tiny_model, toy_data, tmp_path, group):
+    spec = {"base": {"data": {"data_dir": str(toy_data)}, "model": {"name": tiny_model}},
+            "grids": [{"name": group, "set": {"method": "lora"}}, {"name": "other", "set": {"method": "full"}}]}
+    grid = Grid.from_dict(spec)
+    out = tmp_path / "out"
+    for c in grid.cells:
+        folder = (out / c.name).resolve()
+        assert folder.is_relative_to(out) and folder != out and not folder.name.startswith(".")

@@ -113,9 +113,10 @@ class Grid:
 
 
 def cell_name(group: str, values: dict[str, Any]) -> str:
-    """``<group>/<key=value>_<key=value>``: the group alone when it has no axes, ``run`` when nothing at all."""
+    """``<group>/<key=value>_<key=value>``: the group alone when it has no axes, ``run`` when nothing at all.
+    Leading/trailing dots go too: a name of ``.`` or ``..`` must never write outside the grid's folder."""
     parts = [p for p in (group, "_".join(labels(values))) if p] or ["run"]
-    return "/".join(_UNSAFE.sub("-", p).strip("-") or "run" for p in parts)
+    return "/".join(_UNSAFE.sub("-", p).strip("-.") or "run" for p in parts)
 
 
 def _check_keys(d: dict, known: set[str], where: str) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ..io import read_json
 from ..progress import console
+from ..train.loop import read_history
 from ..train.metrics import is_better
 
 STATUS_STYLE = {"done": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "pruned": "yellow"}
@@ -56,14 +56,10 @@ class GridProgress:
                              info=f"[green]best val {metric} {self.best[name]:.4f}")
 
     def poll(self, name: str, folder: Path, metric: str) -> None:
-        """For cells training in other processes: read their progress from history.json."""
-        if self.progress is None or not (folder / "history.json").is_file():
+        """For cells training in other processes: read their progress from their history."""
+        if self.progress is None:
             return
-        try:
-            history = read_json(folder / "history.json")
-        except ValueError:  # being replaced right now
-            return
-        for h in history:
+        for h in read_history(folder):
             self.evaluated(name, h["step"], metric, h["validation"][metric])
 
     def finish(self, name: str, status: str, completed: int | None = None, note: str = "") -> None:
