@@ -163,6 +163,15 @@ def test_non_finite_metrics_are_sent_as_null(registry, monkeypatch):
         assert metrics == {"accuracy": None, "loss": None, "f1_macro": 0.5}
 
 
+def test_a_long_text_with_a_big_max_length_is_answered(registry, monkeypatch):
+    # the run asks for 100,000 tokens; the tiny BERT holds 128 positions: the tokenizer stops there
+    monkeypatch.setattr(registry["emo"].run.config.data, "max_length", 100_000)
+    with make_client(registry) as client:
+        r = client.post("/v1/predict", json={"texts": ["i feel happy " * 150, "ok"]})
+        assert r.status_code == 200, r.text
+        assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in r.json()["predictions"])
+
+
 # ---- load: a bounded queue and a timeout -----------------------------------------------------------
 def test_a_full_queue_answers_503_with_retry_after(registry, faulty):
     from emotune.serve import BatchConfig
