@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from starlette._utils import parse_host_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -172,6 +172,15 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?$")
+
+
+def _host_name(header: str | None) -> str | None:
+    """The host of a Host header (lower case, an IPv6 address without brackets), None when malformed."""
+    m = HOST_RE.match(header or "")
+    return None if m is None else (m["v6"] or m["name"]).lower()
+
+
 class TrustedHost(TrustedHostMiddleware):
     """Starlette's Host header check, answering in JSON: requests whose Host is not one the server serves
     are refused (400), so a page on another site cannot reach a server on loopback through a browser by
@@ -183,8 +192,7 @@ class TrustedHost(TrustedHostMiddleware):
     async def __call__(self, scope, receive, send):
         if self.allow_any or scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        parsed = parse_host_header(Headers(scope=scope).get("host"))
-        host = parsed.host.lower().strip("[]") if parsed is not None else None
+        host = _host_name(Headers(scope=scope).get("host"))
         if host is not None and any(host == p.strip("[]") or (p.startswith("*.") and host.endswith(p[1:]))
                                     for p in self.allowed_hosts):
             return await self.app(scope, receive, send)
