@@ -162,3 +162,23 @@ def test_ctrl_c_without_checkpoints_does_not_claim_one(tiny_model, toy_data, tmp
     with pytest.raises(Interrupted) as e:
         api.train(cfg, tmp_path / "run", progress=False, on_step=lambda step: step == 3)
     assert "checkpoint saved" not in str(e.value) and "starts afresh" in str(e.value)
+
+
+def test_runs_built_on_other_runs_refuse_a_member_retrained_since(tiny_model, toy_data, tmp_path):
+    members = []
+    for seed in (1, 2):
+        members.append(tmp_path / f"m{seed}")
+        api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4, seed=seed), members[-1], progress=False)
+    ens = tiny_config(tiny_model, toy_data)
+    ens.method = {"name": "ensemble", "members": [str(m) for m in members]}
+    api.train(ens, tmp_path / "ens", progress=False)
+    transfer = tiny_config(tiny_model, toy_data)
+    transfer.method = {"name": "zero-shot", "how": "transfer", "source": str(members[0])}
+    api.train(transfer, tmp_path / "transfer", progress=False)
+    assert api.predict(tmp_path / "ens", ["i feel happy"]) and api.predict(tmp_path / "transfer", ["i feel happy"])
+
+    api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4, seed=9), members[0], progress=False,
+              overwrite=True)  # the member is retrained
+    for run, role in (("ens", "member"), ("transfer", "source")):
+        with pytest.raises(RunError, match=f"the {role} run's weights changed"):
+            api.predict(tmp_path / run, ["i feel happy"])

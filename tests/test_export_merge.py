@@ -120,10 +120,13 @@ def test_stock_only_and_refusals(runs, tmp_path):
     assert not (tmp_path / "stock").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("mine")
-    for overwrite in (False, True):  # a folder of other files is never replaced
-        with pytest.raises(RunError, match="not an exported model folder"):
-            export_merged(runs["lora-mean"], tmp_path / "mine", overwrite=overwrite)
-    assert (tmp_path / "mine" / "keep.txt").exists()
+    (tmp_path / "other-model").mkdir()
+    (tmp_path / "other-model" / "config.json").write_text("{}")  # a model folder emotune did not write
+    for folder in ("mine", "other-model"):
+        for overwrite in (False, True):  # a folder of other files is never replaced
+            with pytest.raises(RunError, match="not a folder emotune exported"):
+                export_merged(runs["lora-mean"], tmp_path / folder, overwrite=overwrite)
+    assert (tmp_path / "mine" / "keep.txt").exists() and (tmp_path / "other-model" / "config.json").exists()
     export_merged(runs["lora-mean"], tmp_path / "earlier")
     with pytest.raises(RunError, match="pass --overwrite"):
         export_merged(runs["full-pooler"], tmp_path / "earlier")
@@ -313,3 +316,20 @@ def test_minilm_pooler_run_exports_to_bert_for_sequence_classification(real_data
     texts = load_data(cfg.data, cfg.train.seed)["validation"].texts
     want = Predictor(tmp_path / "run", precision="fp32").probabilities(texts)
     assert_same_predictions(hf_probabilities(tmp_path / "hf", texts), want)
+
+
+def test_export_stages_in_a_fresh_random_folder(runs, tmp_path, monkeypatch):
+    """What is loaded with trust_remote_code comes from a folder made for this export (mkdtemp: a random name,
+    mode 0700), never from a predictable path another user could have prepared."""
+    import tempfile
+
+    from emotune import export
+
+    made, loaded = [], []
+    real_mkdtemp, real_verify = tempfile.mkdtemp, export.verify_export
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    monkeypatch.setattr(export, "verify_export", lambda m, t, folder, *a: loaded.append(str(folder)) or
+                        real_verify(m, t, folder, *a))
+    export.export_merged(runs["lora-mean"], tmp_path / "out")
+    assert loaded and loaded[0] in made
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # nothing left beside the export

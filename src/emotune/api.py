@@ -39,6 +39,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     method = METHODS.get(cfg.method.get("name", ""))
     method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
     resolved = RunConfig.from_dict(cfg.to_dict())
+    if method.resolve is not None:
+        resolved.method = method.resolve(dict(resolved.method))
     classic = MODELS.get(cfg.model.name) if is_classic(cfg.model.name) else None
     if classic:  # every option recorded, and classic models' own default learning rate
         resolved.model.options = resolve_options(resolved)

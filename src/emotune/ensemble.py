@@ -36,6 +36,9 @@ class EnsembleConfig:
     weights: list[float] | None = field(default=None, metadata={
         "help": "One non-negative weight per member for the probability average (normalized to sum 1); "
                 "None: a plain mean."})
+    member_sha256: list[str | None] | None = field(default=None, metadata={
+        "help": "Filled in when the ensemble is made: a hash of each member's weights; a member retrained "
+                "since is refused."})
 
     def __post_init__(self):
         if isinstance(self.members, str):
@@ -91,7 +94,7 @@ def _tokens(run) -> tuple:
 def build_ensemble(cfg, labels: list[str], fit: bool = True):
     from .methods import METHODS
     from .predictor import merge_adapter
-    from .runs import Run
+    from .runs import Run, check_weights
 
     options = METHODS.get("ensemble").make_config({k: v for k, v in cfg.method.items() if k != "name"})
     runs = []
@@ -119,6 +122,8 @@ def build_ensemble(cfg, labels: list[str], fit: bool = True):
                 raise ConfigError(f"{run.path} was trained or validated on other examples than the ensemble's "
                                   "data settings give (data.* or the split seed differ): train the members on the "
                                   "same data with the same data.seed, e.g. --seed N --set data.seed=42")
+    for run, recorded in zip(runs, options.member_sha256 or [None] * len(runs)):
+        check_weights(run.path, recorded, "member")
     members, tokenizer = [], None
     for run in runs:
         model, tokenizer = run.load_model()
@@ -128,8 +133,17 @@ def build_ensemble(cfg, labels: list[str], fit: bool = True):
     return model, tokenizer
 
 
+def record_members(options: dict) -> dict:
+    from .runs import weights_sha256
+
+    members = options.get("members") or []
+    return {**options, "member_sha256": [weights_sha256(m) for m in ([members] if isinstance(members, str)
+                                                                      else members)]}
+
+
 @register_method("ensemble", description="No training: finished runs on the same data (e.g. several seeds), "
                                          "their class probabilities averaged (emotune ensemble RUN...).",
-                 config=EnsembleConfig, lr=0.0, trains=False, mergeable=False, build=build_ensemble)
+                 config=EnsembleConfig, lr=0.0, trains=False, mergeable=False, build=build_ensemble,
+                 resolve=record_members)
 def apply_ensemble(model: nn.Module, cfg) -> nn.Module:
     raise ConfigError("an ensemble is built from finished runs (emotune ensemble), not trained")

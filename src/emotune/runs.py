@@ -112,6 +112,28 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def weights_sha256(folder: str | Path) -> str | None:
+    """A short hash of a run's best weights (None when it has none): recorded by runs built on other runs
+    (ensembles, transfer), which then refuse a member that was retrained since."""
+    import hashlib
+
+    path = Path(folder).expanduser() / BEST
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_weights(folder: str | Path, recorded: str | None, role: str) -> None:
+    """Refuse a member/source run whose weights changed since ``recorded`` was taken."""
+    if recorded and weights_sha256(folder) != recorded:
+        raise RunError(f"{folder}: the {role} run's weights changed since this run was made (retrained?); "
+                       "make it again")
+
+
 def same_config(folder: Path, cfg: RunConfig) -> bool:
     try:
         return RunConfig.from_yaml(folder / CONFIG).to_dict() == cfg.to_dict()

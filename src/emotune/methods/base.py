@@ -41,6 +41,9 @@ class Method:
     ``build(run_config, label_names, fit=True) -> (model, tokenizer)``. Such a run is evaluated on
     validation and written without a training loop (``emotune.built``); loading it calls ``build`` with
     ``fit=False`` and copies in the tensors kept in model.safetensors."""
+    resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """``(method options) -> options`` with what the run derives from its inputs filled in when it is made
+    (an ensemble's member weight hashes), so that the saved config records it."""
 
     def make_config(self, options: dict[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(self.config_cls)}
@@ -60,7 +63,7 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(name: str, *, description: str, config: type, lr: float, warmup_ratio: float = 0.0,
                     **hooks: Any):
     """Decorator registering ``apply(model, cfg) -> model`` as a fine-tuning method; ``hooks`` are the
-    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable, build)."""
+    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable, build, resolve)."""
 
     def deco(apply: Callable[[nn.Module, Any], nn.Module]):
         METHODS.register(name)(Method(name, description, config, apply, lr, warmup_ratio, **hooks))

@@ -43,6 +43,9 @@ class TransferOptions:
     fixed: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Target label -> a fixed probability, for targets no source label maps to (e.g. {neutral: 0.7}: "
                 "neutral wins when no mapped label group holds 70% of the probability)."})
+    source_sha256: str | None = field(default=None, metadata={
+        "help": "Filled in when the run is made: a hash of the source run's weights; a source retrained since "
+                "is refused."})
 
     def __post_init__(self):
         if isinstance(self.label_map, str) and self.label_map not in LABEL_MAPS:
@@ -114,7 +117,7 @@ class TransferClassifier(nn.Module):
                                        "(method.source, method.label_map)", options=TransferOptions)
 def build_transfer(cfg, opts: TransferOptions, labels: list[str], fit: bool = True):
     from ..predictor import merge_adapter
-    from ..runs import Run
+    from ..runs import Run, check_weights
 
     if not opts.source:
         raise ConfigError("zero-shot transfer needs method.source: the folder of a trained emotune run")
@@ -124,6 +127,7 @@ def build_transfer(cfg, opts: TransferOptions, labels: list[str], fit: bool = Tr
         raise ConfigError(f"{path}: the source run has not finished training ({run.status()})")
     if run.config.method.get("name") == "zero-shot":
         raise ConfigError(f"{path}: the source must be a trained run, not a zero-shot one")
+    check_weights(path, opts.source_sha256, "source")
     weight, bias = map_matrix(run.labels, labels, opts)
     source, tokenizer = run.load_model()
     source = merge_adapter(source)  # inference only: a LoRA adapter folds into its base
