@@ -182,3 +182,16 @@ def test_runs_built_on_other_runs_refuse_a_member_retrained_since(tiny_model, to
     for run, role in (("ens", "member"), ("transfer", "source")):
         with pytest.raises(RunError, match=f"the {role} run's weights changed"):
             api.predict(tmp_path / run, ["i feel happy"])
+
+
+def test_predicting_with_an_unfinished_run_is_refused_unless_asked(tiny_model, toy_data, tmp_path):
+    from emotune.predictor import Predictor
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        api.train(tiny_config(tiny_model, toy_data, "lora", max_steps=20), out, progress=False,
+                  on_step=lambda step: step == 12)
+    with pytest.raises(RunError, match="not finished training.*--unfinished"):
+        api.predict(out, ["i feel happy"])
+    p = Predictor(out, unfinished=True)
+    assert p.step in (5, 10) and p.predict(["i feel happy"])[0]["label"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .data.encode import batches, collate, encode
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunError
 from .runs import Run
 from .train.loop import resolve_device
 from .train.precision import autocast, cpu_flags, resolve_precision
@@ -177,13 +177,21 @@ class Predictor:
     ``compile``: ``torch.compile`` the model (inductor, weights frozen as constants; about half a
     minute at start-up on 2 cores): fused element-wise work, packed weights; fastest with ``bf16``.
 
+    ``unfinished``: predict with an interrupted run's best weights so far (``step`` says which evaluation);
+    without it such a run is refused.
+
     ``fast`` (default): BERT-architecture encoders run through ``emotune.serve.fast``'s lean forward.
     """
 
     def __init__(self, run: str | Path | Run, *, precision: str | None = None, device: str = "cpu",
                  batch_size: int = 64, threads: int | None = None, streams: int | None = None,
-                 compile: bool = False, fast: bool = True):
+                 compile: bool = False, fast: bool = True, unfinished: bool = False):
         self.run = run if isinstance(run, Run) else Run.open(run)
+        if not self.run.complete and not unfinished:
+            raise RunError(f"{self.run.path}: the run has not finished training ({self.run.status()}); resume it, "
+                           "or predict with its best weights so far with --unfinished")
+        self.step = self.run.best_step()
+        """The training step whose weights predict (an unfinished run: its best evaluation so far)."""
         if threads:
             torch.set_num_threads(threads)
         if batch_size < 1 or (streams is not None and streams < 1):

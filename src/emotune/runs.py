@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -217,6 +218,17 @@ class Run:
     @property
     def complete(self) -> bool:
         return bool(self.metrics.get("completed"))
+
+    def best_step(self) -> int | None:
+        """The step model.safetensors comes from: the finished run's, or an unfinished run's best so far."""
+        if "best_step" in self.metrics.get("train", {}):
+            return self.metrics["train"]["best_step"]
+        if (self.path / CHECKPOINT).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.path / CHECKPOINT), framework="pt") as f:
+                return json.loads((f.metadata() or {}).get("state", "{}")).get("best_step")
+        return None
 
     def status(self) -> str:
         if self.complete:
