@@ -217,7 +217,8 @@ def verify_export(model: nn.Module, tokenizer, folder: Path, max_length: int, tr
     return the largest difference (a RunError above ``TOLERANCE`` or on a different predicted class)."""
     from transformers import AutoModelForSequenceClassification
 
-    hf = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code).eval()
+    hf = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                            use_safetensors=True).eval()
     batch = tokenizer(PROBE_TEXTS, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     with torch.no_grad():
         want = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).float(), -1)
