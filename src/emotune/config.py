@@ -332,7 +332,7 @@ def _coerce(value: Any, annotation: str, name: str) -> Any:
         try:
             return int(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if "bool" in kinds and not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     if "str" in kinds and not isinstance(value, str):
