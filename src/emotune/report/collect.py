@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 from ..errors import EmotuneError, RunError
 from ..experiments.settings import flatten, format_value, labels
-from ..io import read_json
 from ..models import is_classic
 from ..registry import Registry
 from ..runs import CONFIG, Run, find_runs
+from ..train.loop import read_history
 from ..train.metrics import HIGHER_IS_BETTER
 
 FAMILY_NAMES: Registry[Callable[[dict], str]] = Registry("method family")
@@ -155,7 +155,7 @@ def find_readable_runs(root: str | Path, warn: Callable[[str], None] = warn_stde
 
 
 def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -> Collection:
-    """Every run folder under ``dirs``; one that cannot be read (corrupt metrics.json or history.json, an
+    """Every run folder under ``dirs``; one that cannot be read (corrupt metrics.json or history, an
     unknown config field) is skipped with a one-line ``warn``ing."""
     runs: dict[Path, Run] = {}
     for d in dirs:
@@ -166,12 +166,11 @@ def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -
     root = _common_root([Path(d).resolve() for d in dirs])
     entries = []
     for path, run in sorted(runs.items()):
-        history_file = path / "history.json"
         try:
             metrics = run.metrics
-            history = read_json(history_file) if history_file.is_file() else []
+            history = read_history(path)  # history.jsonl, or an older run's history.json
             if not isinstance(metrics, dict) or not isinstance(history, list):
-                raise ValueError(f"{'metrics.json' if not isinstance(metrics, dict) else 'history.json'} "
+                raise ValueError(f"{'metrics.json' if not isinstance(metrics, dict) else 'its history'} "
                                  "does not hold what a run writes")
             flat = {k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}
         except RUN_ERRORS as e:
