@@ -451,7 +451,8 @@ def grid(
         table.add_column(c, justify="right" if c.startswith(("val", "runtime")) else "left")
     for r in results:
         m = r.metrics
-        table.add_row(escape(r.cell.name), r.status, _fmt(m.get("val_accuracy")), _fmt(m.get("val_f1_weighted")),
+        table.add_row(escape(r.cell.name), r.status, _fmt(m.get("val_accuracy")),
+                      _fmt(m.get("val_f1_weighted")),
                       _minutes(m["runtime_s"]) if m.get("runtime_s") else "", escape(r.error or ""))
     out.print(table)
     summary = json.loads((out_dir / "grid.json").read_text(encoding="utf-8"))
@@ -485,8 +486,8 @@ def report(
     for c in ("family", "run", f"val {metric}", "test accuracy", "test F1 (w)"):
         table.add_column(escape(c), justify="left" if c in ("family", "run") else "right")
     for fam, e in r.chosen.items():
-        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", metric)), _fmt(e.value("test", "accuracy")),
-                      _fmt(e.value("test", "f1_weighted")))
+        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", metric)),
+                      _fmt(e.value("test", "accuracy")), _fmt(e.value("test", "f1_weighted")))
     out.print(table)
     if r.evaluated:
         out.print(escape(f"evaluated on test now: {', '.join(map(str, r.evaluated))}"), highlight=False)

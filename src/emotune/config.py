@@ -253,7 +253,8 @@ class RunConfig:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError as e:
                 if not is_text_field(key):
-                    raise ConfigError(f"bad override {a!r}: not a YAML value ({yaml_error_line(e)}); quote it") from None
+                    raise ConfigError(f"bad override {a!r}: not a YAML value ({yaml_error_line(e)}); "
+                                      "quote it") from None
                 value = raw.strip()  # `[x].csv`: a text field takes the text as typed
             if is_text_field(key) and value is not None and not isinstance(value, str):
                 value = raw.strip()  # `on`, `1`, `2024-01-01`: the user meant the text
