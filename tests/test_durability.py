@@ -195,3 +195,9 @@ def test_predicting_with_an_unfinished_run_is_refused_unless_asked(tiny_model, t
         api.predict(out, ["i feel happy"])
     p = Predictor(out, unfinished=True)
     assert p.step in (5, 10) and p.predict(["i feel happy"])[0]["label"]
+    refused = subprocess.run([sys.executable, "-m", "emotune.cli", "predict", str(out), "i feel happy"], env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--unfinished" in refused.stderr and "Traceback" not in refused.stderr
+    asked = subprocess.run([sys.executable, "-m", "emotune.cli", "predict", str(out), "i feel happy", "--unfinished",
+                            "--json"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert asked.returncode == 0 and f"best weights so far (step {p.step})" in asked.stderr, asked.stderr

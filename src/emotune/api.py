@@ -142,10 +142,11 @@ def predict(run_dir: str | Path, texts: Sequence[str], **kw) -> list[dict]:
     return Predictor(run_dir, **kw).predict(texts)
 
 
-def list_runs(root: str | Path = "runs") -> list[dict]:
-    """One summary row per run folder below ``root``."""
+def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] | None = None) -> list[dict]:
+    """One summary row per run folder below ``root``; an unreadable one is left out (after
+    ``on_error(folder, why)`` when given)."""
     rows = []
-    for run in find_runs(root):
+    for run in find_runs(root, on_error):
         m = run.metrics
         rows.append({"run": str(run.path), "status": run.status(), "data": run.config.data.name,
                      "model": run.config.model.name, "method": run.config.method.get("name"),

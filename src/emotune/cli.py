@@ -146,7 +146,9 @@ def train(
                            "data.max_train_samples": max_train_samples,
                            "data.max_eval_samples": max_eval_samples})
     cfg = cfg.override(list(set_))  # --set values are YAML: lists, mappings, null
-    if (out_dir / "checkpoint.safetensors").exists() and not overwrite:
+    from .runs import CHECKPOINT
+
+    if (out_dir / CHECKPOINT).exists() and not overwrite:
         err.print(f"resuming the interrupted run in {escape(str(out_dir))}", highlight=False)
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
     if test:
@@ -275,6 +277,8 @@ def predict(
                                                      "precision on 2+ threads)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model first (about 30 s; "
                                                            "faster on long inputs)."),
+    unfinished: bool = typer.Option(False, "--unfinished", help="Predict with an interrupted run's best weights "
+                                                                "so far (refused otherwise)."),
 ):
     """Classify texts with a trained run."""
     from . import api
@@ -287,8 +291,12 @@ def predict(
         items += [line for line in lines if line.strip()]
     if not items:
         raise DataError("no texts given: pass them as arguments or with --file")
-    results = api.predict(run_dir, items, precision=precision, threads=threads, batch_size=batch_size,
-                          streams=streams, compile=compile_)
+    predictor = api.Predictor(run_dir, precision=precision, threads=threads, batch_size=batch_size,
+                              streams=streams, compile=compile_, unfinished=unfinished)
+    if not predictor.run.complete:
+        err.print(f"warning: {escape(str(run_dir))} has not finished training; predicting with its best weights "
+                  f"so far (step {predictor.step})", highlight=False, soft_wrap=True)
+    results = predictor.predict(items)
     if as_json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return
@@ -327,29 +335,8 @@ def _list_runs(root: Path) -> list[dict]:
     """api.list_runs, except that a run folder it cannot read (a corrupt metrics.json, an unknown config
     field) is skipped with a one-line warning instead of stopping the listing."""
     from . import api
-    from .runs import CONFIG
 
-    try:
-        return api.list_runs(root)
-    except (EmotuneError, ValueError, OSError):
-        if not root.is_dir():
-            raise
-    rows = []  # one folder at a time, to name the bad ones
-    for config in sorted(root.rglob(CONFIG)):
-        folder = config.parent
-        try:
-            rows += [r for r in api.list_runs(folder) if Path(r["run"]) == folder]
-        except (EmotuneError, ValueError, OSError) as e:
-            warn(f"skipped {folder}: {_reason(e)}")
-    return rows
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, EmotuneError):
-        return str(e)
-    if isinstance(e, json.JSONDecodeError):
-        return f"unreadable JSON ({e.msg} at line {e.lineno})"
-    return f"{type(e).__name__}: {e}"
+    return api.list_runs(root, on_error=lambda folder, why: warn(f"skipped {folder}: {why}"))
 
 
 @app.command()
@@ -555,6 +542,14 @@ def serve(
     max_chars: int = typer.Option(2000, help="Most characters in one text."),
     max_body_bytes: int = typer.Option(1_000_000, help="Largest request body."),
     share: bool = typer.Option(True, help="LoRA runs on the same base model share one copy of it."),
+    max_queue: int = typer.Option(256, help="Most requests waiting for or in inference; more are answered 503 "
+                                            "with Retry-After."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may wait (queue + inference) before a 504; "
+                                             "0: no limit."),
+    allowed_host: Optional[list[str]] = typer.Option(
+        None, "--allowed-host", help="A Host header value the server answers (repeatable; '*.example.com' "
+                                     "patterns; '*': any). Default: the bound address, plus localhost, 127.0.0.1 "
+                                     "and ::1 on loopback; any host when bound to 0.0.0.0."),
     log_level: str = typer.Option("warning", help="uvicorn log level (info logs every request)."),
 ):
     """Serve runs over HTTP: POST /v1/predict, GET /v1/models, /health, /metrics, /docs and a web page at /."""
@@ -563,7 +558,8 @@ def serve(
     run_server(run_dirs, host=host, port=port, precision=precision, threads=threads, workers=workers,
                max_batch=max_batch, batch_size=batch_size,
                max_wait_ms=max_wait_ms, max_texts=max_texts, max_chars=max_chars,
-               max_body_bytes=max_body_bytes, share=share, log_level=log_level,
+               max_body_bytes=max_body_bytes, share=share, max_queue=max_queue, timeout_s=timeout,
+               allowed_hosts=allowed_host, log_level=log_level,
                echo=lambda msg: err.print(escape(str(msg)), highlight=False, soft_wrap=True))
 
 
@@ -656,7 +652,7 @@ def export_run(
     if not merged:
         raise ConfigError("only merged export is available: pass --merged")
     r = export_merged(run_dir, out_dir, stock_only=stock, overwrite=overwrite)
-    load = (f"AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}"
+    load = (f"AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}, use_safetensors=True"
             f"{', trust_remote_code=True' if r.trust_remote_code else ''})")
     out.print(escape(f"exported {run_dir} -> {out_dir} ({r.model_class}; probabilities within {r.max_abs_diff:.1e} "
                      f"of emotune's on the check texts)\nload with: {load}"), highlight=False)

@@ -22,7 +22,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -271,15 +271,33 @@ def write_predictions(path: Path, texts: list[str], gold: list[int] | None, prob
     write_text(path, buf.getvalue())
 
 
-def find_runs(root: str | Path) -> list[Run]:
-    """Every run folder at or below ``root``, sorted by path."""
+READ_ERRORS = (EmotuneError, ValueError, OSError)
+"""What reading a damaged run folder raises (an unknown config field, corrupt JSON, an unreadable file)."""
+
+
+def unreadable(e: Exception) -> str:
+    """Why a run folder could not be read, in one line."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"unreadable JSON ({e.msg} at line {e.lineno})"
+    return str(e) if isinstance(e, EmotuneError) else f"{type(e).__name__}: {e}"
+
+
+def find_runs(root: str | Path, on_error: Callable[[Path, str], None] | None = None) -> list[Run]:
+    """Every run folder at or below ``root``, sorted by path. A folder that is no run yet (no labels) is left
+    out; one that cannot be read (see READ_ERRORS) too, after ``on_error(folder, why)`` when given."""
     root = Path(root)
     if not root.exists():
         raise RunError(f"{root}: no such folder")
     found = []
     for cfg in sorted(root.rglob(CONFIG)):
         try:
-            found.append(Run.open(cfg.parent))
+            run = Run.open(cfg.parent)
+            run.metrics  # noqa: B018 - a corrupt metrics.json makes the folder unreadable too
         except RunError:
             continue
+        except READ_ERRORS as e:
+            if on_error is not None:
+                on_error(cfg.parent, unreadable(e))
+            continue
+        found.append(run)
     return found

@@ -67,7 +67,7 @@ def load_pretrained(loader, path: str, name: str | None = None, **kwargs):
     gets a one-line ConfigError that says so."""
     try:
         return loader.from_pretrained(path, use_safetensors=True, **kwargs)
-    except OSError as e:
+    except OSError:
         folder = Path(path).expanduser()
         if "gguf_file" not in kwargs and folder.is_dir() and not any(folder.glob("*.safetensors")):
             pickled = [f for f in PICKLE_WEIGHTS if (folder / f).is_file()]

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import EmotuneError, RunError
+from ..errors import RunError
 from ..experiments.settings import flatten, format_value, labels
 from ..models import is_classic
 from ..registry import Registry
-from ..runs import CONFIG, Run, find_runs
+from ..runs import READ_ERRORS, Run, find_runs, unreadable
 from ..train.loop import read_history
 from ..train.metrics import HIGHER_IS_BETTER
 
@@ -117,9 +117,6 @@ def method_family(method: dict) -> str:
 
 
 # What reading one run folder can raise: a config with an unknown field, corrupt JSON, an unreadable file.
-RUN_ERRORS = (EmotuneError, ValueError, OSError)
-
-
 def warn_stderr(message: str) -> None:
     """One plain line on stderr."""
     from rich.markup import escape
@@ -129,29 +126,10 @@ def warn_stderr(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _reason(e: Exception) -> str:
-    import json
-
-    if isinstance(e, json.JSONDecodeError):
-        return f"unreadable JSON ({e.msg} at line {e.lineno})"
-    return str(e) if isinstance(e, EmotuneError) else f"{type(e).__name__}: {e}"
-
-
 def find_readable_runs(root: str | Path, warn: Callable[[str], None] = warn_stderr) -> list[Run]:
     """find_runs, except that a run folder that cannot be opened (an unknown config field...) is skipped
     with a warning instead of stopping the search."""
-    try:
-        return find_runs(root)
-    except RUN_ERRORS:
-        if not Path(root).is_dir():
-            raise
-    found = []  # one folder at a time, to name the bad ones
-    for config in sorted(Path(root).rglob(CONFIG)):
-        try:
-            found += [r for r in find_runs(config.parent) if r.path == config.parent]
-        except RUN_ERRORS as e:
-            warn(f"skipped {config.parent}: {_reason(e)}")
-    return found
+    return find_runs(root, on_error=lambda folder, why: warn(f"skipped {folder}: {why}"))
 
 
 def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -> Collection:
@@ -173,8 +151,8 @@ def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -
                 raise ValueError(f"{'metrics.json' if not isinstance(metrics, dict) else 'its history'} "
                                  "does not hold what a run writes")
             flat = {k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}
-        except RUN_ERRORS as e:
-            warn(f"skipped {path}: {_reason(e)}")
+        except READ_ERRORS as e:
+            warn(f"skipped {path}: {unreadable(e)}")
             continue
         entries.append(Entry(run, _relative(path, root), metrics=metrics, history=history, flat=flat))
     if not entries:

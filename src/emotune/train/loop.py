@@ -321,7 +321,9 @@ class Trainer:
                     if state["step"] % cfg.eval_every == 0 or end_of_epoch or done:
                         stopped_early = self._evaluate_and_keep(state, loss_sum / max(loss_n, 1), start)
                         loss_sum, loss_n = 0.0, 0
-                        bar.update(completed=state["step"], best=state["best"], metric=cfg.metric)
+                        bar.update(completed=state["step"], best=state["best"], metric=cfg.metric,
+                                   value=self.history[-1]["validation"][cfg.metric],
+                                   epoch=state["step"] / self.steps_per_epoch)
                         if stopped_early or done:
                             break
                     else:
