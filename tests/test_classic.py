@@ -18,13 +18,12 @@ from emotune.cli import app
 from emotune.config import RunConfig
 from emotune.data import load_data
 from emotune.data.encode import collate
-from emotune.errors import ConfigError, RunError
+from emotune.errors import ConfigError, Interrupted, RunError
 from emotune.io import load_tensors
 from emotune.models import MODELS, WordTokenizer, build_classic
 from emotune.models.vectors import load_vectors
 from emotune.predictor import Predictor
 from emotune.runs import VOCAB, Run, build_model
-from emotune.train.loop import Interrupted
 
 from .conftest import EMOTIONS, WORDS, tiny_config, write_emotion_folder
 

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from emotune import api, io
-from emotune.errors import DataError, RunError
+from emotune.errors import DataError, Interrupted, RunError
 from emotune.io import load_tensors
-from emotune.runs import Run, run_lock
-from emotune.train.loop import Interrupted, read_history
+from emotune.runs import Run, read_history, run_lock
 
 from .conftest import REPO, tiny_config, write_emotion_folder
 

@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from emotune import api
-from emotune.errors import ConfigError
+from emotune.errors import ConfigError, Interrupted
 from emotune.experiments.grid import Grid, plan, run_grid
-from emotune.train.loop import Interrupted
 
 from .conftest import REPO
 

@@ -16,13 +16,13 @@ from torch import nn
 from emotune import api
 from emotune.config import ModelConfig
 from emotune.data.encode import Encoded, encode
-from emotune.errors import ConfigError
+from emotune.errors import ConfigError, Interrupted
 from emotune.io import load_tensors
 from emotune.methods import METHODS, apply_method, lr_scales
 from emotune.models import build_transformer
 from emotune.predictor import Predictor, merge_adapter
 from emotune.runs import Run, build_model
-from emotune.train.loop import Interrupted, Trainer
+from emotune.train.loop import Trainer
 
 from .conftest import tiny_config, write_emotion_folder
 

@@ -11,9 +11,9 @@ from html.parser import HTMLParser
 import pytest
 
 from emotune import api
+from emotune.errors import Interrupted
 from emotune.experiments.grid import Grid, run_grid
 from emotune.report import build_report
-from emotune.train.loop import Interrupted
 
 from .conftest import write_emotion_folder
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from emotune import api
-from emotune.errors import ConfigError, RunError
+from emotune.errors import ConfigError, Interrupted, RunError
 from emotune.io import load_tensors
-from emotune.train.loop import Interrupted, class_weights, read_history
+from emotune.runs import read_history
+from emotune.train.loop import class_weights
 
 from .conftest import tiny_config, write_emotion_folder
 

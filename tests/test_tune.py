@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from emotune import api, runs
 from emotune.config import RunConfig
-from emotune.errors import ConfigError, RunError
+from emotune.errors import ConfigError, Interrupted, RunError
 from emotune.experiments.grid import Grid, cell_status
 from emotune.experiments.tune import (
     SearchSpace,
@@ -30,7 +30,6 @@ from emotune.experiments.tune import (
     tune,
 )
 from emotune.runs import run_lock
-from emotune.train.loop import Interrupted
 
 tune_module = sys.modules["emotune.experiments.tune"]  # the module (the package exports the function)
 

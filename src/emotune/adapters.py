@@ -16,10 +16,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, RunError
+from .errors import ConfigError
 from .predictor import check_texts, format_predictions, resolve_mode
 from .runs import Run
-from .train.loop import resolve_device
+from .train.precision import resolve_device
 
 
 def base_key(run: Run) -> tuple[str, bool]:
@@ -58,9 +58,7 @@ def open_runs(runs: Mapping[str, str | Path | Run] | Sequence[str | Path | Run])
              else [str(where(r)) for r in runs])
     opened: dict[str, Run] = {}
     for name, path in parse_specs(specs):
-        run = Run.open(path)
-        if not run.complete:
-            raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+        run = Run.open_finished(path)
         opened[name] = run
     return opened
 

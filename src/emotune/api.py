@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
-from .errors import DataError, RunError
+from .errors import DataError
 from .io import write_json, write_text
 from .models.vocab import WordTokenizer
 from .predictor import Predictor
@@ -21,36 +21,15 @@ from .runs import (
     Run,
     build_model,
     find_runs,
+    predictions_file,
     prepare_run_dir,
     replace_dir,
+    resolve_config,
     run_lock,
     write_predictions,
 )
-from .train.loop import Trainer, TrainResult, evaluate_classifier
-
-
-def resolve_config(cfg: RunConfig) -> RunConfig:
-    """Fill the method's (or classic model's) default learning rate and warm-up, and a classic model's
-    options, into the config that gets saved."""
-    from .methods import METHODS
-    from .models import MODELS, is_classic
-    from .models.classic import resolve_options
-
-    method = METHODS.get(cfg.method.get("name", ""))
-    method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
-    resolved = RunConfig.from_dict(cfg.to_dict())
-    if method.resolve is not None:
-        resolved.method = method.resolve(dict(resolved.method))
-    classic = MODELS.get(cfg.model.name) if is_classic(cfg.model.name) else None
-    if classic:  # every option recorded, and classic models' own default learning rate
-        resolved.model.options = resolve_options(resolved)
-    if resolved.train.lr is None:
-        resolved.train.lr = classic.lr if classic else method.lr
-    if resolved.data.data_dir:  # absolute, so `evaluate` works from any folder
-        resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
-    if resolved.train.warmup_ratio is None:
-        resolved.train.warmup_ratio = method.warmup_ratio
-    return resolved
+from .train.evaluate import evaluate_classifier
+from .train.loop import Trainer, TrainResult
 
 
 def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -99,7 +78,7 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_classifier(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
                                     trainer.device, tokenizer.pad_token_id or 0, trainer.dtype)
-    write_predictions(out / "predictions_validation.csv", val_split.texts, val_split.labels,
+    write_predictions(out / predictions_file("validation"), val_split.texts, val_split.labels,
                       torch.softmax(logits, -1), data.label_names)
     metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
@@ -111,9 +90,7 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
 def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None,
              precision: str | None = None) -> dict:
     """Evaluate a finished run on a split of its data set; saves metrics and predictions."""
-    run = Run.open(run_dir)
-    if not run.complete:
-        raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+    run = Run.open_finished(run_dir)
     with run_lock(run.path, "emotune evaluate"):
         return _evaluate(run, split, data_dir, precision)
 
@@ -131,7 +108,7 @@ def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None)
     metrics, logits = evaluate_classifier(predictor.model, enc, run.labels, predictor.batch_size,
                                           predictor.device, predictor.pad_id, predictor.dtype)
     metrics["precision"] = predictor.precision  # the inference mode these figures come from
-    write_predictions(run.path / f"predictions_{split}.csv", part.texts, part.labels,
+    write_predictions(run.path / predictions_file(split), part.texts, part.labels,
                       torch.softmax(logits, -1), run.labels)
     run.update_metrics(**{split: metrics})
     return metrics

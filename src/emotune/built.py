@@ -39,8 +39,7 @@ def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     """Build the model a config describes (its method's ``build`` hook, e.g. ``{name: zero-shot, how: ...}``),
     evaluate it on the validation split and write the run folder ``out``; return its metrics. The folder is
     written beside ``out`` and swapped in when complete: a failure leaves what was there untouched."""
-    from .api import resolve_config
-    from .runs import prepare_run_dir, run_lock, staged_dir
+    from .runs import prepare_run_dir, resolve_config, run_lock, staged_dir
 
     out = Path(out)
     cfg = resolve_config(cfg)
@@ -56,9 +55,10 @@ def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
     from .methods import METHODS
     from .predictor import prepare_model, resolve_mode
     from .progress import training_progress
-    from .runs import CONFIG, LABELS, Run, write_predictions
-    from .train.loop import BEST, evaluate_classifier, resolve_device, write_history
+    from .runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history, write_predictions
+    from .train.evaluate import evaluate_classifier
     from .train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
+    from .train.precision import resolve_device
 
     start = time.perf_counter()
     reset_peak_memory(resolve_device(cfg.train.device))  # this run's own peak
@@ -87,7 +87,7 @@ def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
         metrics, logits = evaluate_classifier(_Counting(model, bar), enc, data.label_names,
                                               cfg.train.eval_batch_size, device, pad_id, mode.compute)
     eval_s = time.perf_counter() - eval_start
-    write_predictions(out / "predictions_validation.csv", val.texts, val.labels, torch.softmax(logits, -1),
+    write_predictions(out / predictions_file("validation"), val.texts, val.labels, torch.softmax(logits, -1),
                       data.label_names)
     runtime = time.perf_counter() - start
     summary = {"runtime_s": runtime, "build_s": runtime - eval_s, "eval_s": eval_s,

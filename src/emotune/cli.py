@@ -26,7 +26,7 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .train.loop import Interrupted
+        from .errors import Interrupted
 
         try:
             return fn(*args, **kwargs)

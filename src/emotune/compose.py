@@ -35,9 +35,10 @@ from .data import load_data
 from .data.encode import Encoded, encode
 from .errors import ConfigError, DataError, RunError
 from .io import load_tensors, save_tensors, write_json, write_text
-from .runs import CONFIG, LABELS, Run, build_model, write_predictions
-from .train.loop import BEST, evaluate_classifier, predict_logits, resolve_device
+from .runs import BEST, CONFIG, LABELS, Run, build_model, predictions_file, write_predictions
+from .train.evaluate import evaluate_classifier, predict_logits
 from .train.metrics import parameter_counts
+from .train.precision import resolve_device
 
 # Methods whose saved weights are plain LoRA factors on an unchanged base (PiSSA-style inits change the base,
 # DoRA adds magnitudes: mixing their factors would not rebuild what they trained).
@@ -106,10 +107,7 @@ def load_sources(paths: list[str | Path]) -> tuple[list[Source], dict]:
     Returns them with the method config of the composed run (the first run's LoRA options)."""
     if len(paths) < 2:
         raise ConfigError("compose needs at least two LoRA runs")
-    runs = [Run.open(p) for p in paths]
-    for run in runs:
-        if not run.complete:
-            raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+    runs = [Run.open_finished(p) for p in paths]
     cfgs = [_lora_config(r) for r in runs]
     first, first_cfg = runs[0], cfgs[0]
     for run, cfg in zip(runs[1:], cfgs[1:]):
@@ -421,7 +419,7 @@ def _save_run(out: Path, cfg: RunConfig, composer: Composer, labels: list[str], 
                  metadata={"composed_from": ",".join(str(s.run.path) for s in sources)})
     for split, lg in logits.items():
         part = dataset[split]
-        write_predictions(out / f"predictions_{split}.csv", part.texts, part.labels, torch.softmax(lg, -1), labels)
+        write_predictions(out / predictions_file(split), part.texts, part.labels, torch.softmax(lg, -1), labels)
 
 
 __all__ = ["COMPOSABLE", "ComposeResult", "compose", "cv_log_loss", "fit_head", "lora_scale", "load_sources",

@@ -100,9 +100,7 @@ def build_ensemble(cfg, labels: list[str], fit: bool = True):
     runs = []
     for member in options.members:
         path = Path(member).expanduser()
-        run = Run.open(path)
-        if not run.complete:
-            raise ConfigError(f"{path}: the member run has not finished training ({run.status()})")
+        run = Run.open_finished(path, "member")
         if run.config.method.get("name") == "ensemble":
             raise ConfigError(f"{path}: a member cannot itself be an ensemble; list its members instead")
         runs.append(run)

@@ -1,4 +1,9 @@
-"""Errors that the CLI turns into a one-line message and exit code 2 (no traceback)."""
+"""Errors that the CLI turns into a one-line message and exit code 2 (no traceback), and the
+interruption that it turns into exit code 130."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class EmotuneError(Exception):
@@ -20,3 +25,13 @@ class DataError(EmotuneError):
 
 class RunError(EmotuneError):
     """A run folder that is missing, incomplete or inconsistent."""
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C/SIGTERM (after saving a checkpoint unless checkpoints are off)."""
+
+    def __init__(self, step: int, path: Path, saved: bool = True):
+        what = ("checkpoint saved, run the same command again to resume" if saved else
+                "no checkpoint (train.checkpoint=false): running the same command again starts afresh")
+        super().__init__(f"interrupted at step {step}; {what}")
+        self.step, self.path, self.saved = step, path, saved

@@ -60,7 +60,7 @@ class ExportResult:
 def export_merged(run_dir: str | Path, out: str | Path, *, stock_only: bool = False,
                   overwrite: bool = False) -> ExportResult:
     """Write ``out``: a Transformers model folder with the run's adapter merged into the base."""
-    run = _open_finished(run_dir)
+    run = Run.open_finished(run_dir)
     given, out = Path(out), Path(out).resolve()
     _check_out(out, overwrite)
     check_mergeable(run)
@@ -98,13 +98,6 @@ def _export(run: Run, given: Path, out: Path, stock_only: bool) -> ExportResult:
                                        "model_class": result.model_class, "trust_remote_code": custom,
                                        "max_abs_diff_probabilities": diff, "labels": run.labels})
     return result
-
-
-def _open_finished(run_dir: str | Path) -> Run:
-    run = Run.open(run_dir)
-    if not run.complete:
-        raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
-    return run
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -28,8 +28,7 @@ import torch
 from .errors import ConfigError, RunError
 from .io import save_tensors, write_json, write_text
 from .registry import Registry
-from .runs import CONFIG, LABELS, METRICS, Run, build_model, run_lock, staged_dir
-from .train.loop import BEST
+from .runs import BEST, CONFIG, LABELS, METRICS, Run, build_model, run_lock, staged_dir
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,6 @@ def _check_runs(runs: list[Run]) -> None:
     from .adapters import check_same_base
 
     for run in runs:
-        if not run.complete:
-            raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
         lora_options(run)
     check_same_base({str(r.path): r for r in runs})
     first = runs[0]
@@ -118,7 +115,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
     comb = COMBINATIONS.get(how)
     if len(run_dirs) < 2:
         raise ConfigError("merging needs at least two runs")
-    runs = [Run.open(p) for p in run_dirs]
+    runs = [Run.open_finished(p) for p in run_dirs]
     w = parse_weights(weights, len(runs))
     if density is not None and not comb.density:
         raise ConfigError(f"--density applies to {', '.join(n for n, c in COMBINATIONS.items() if c.density)}, "

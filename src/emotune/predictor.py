@@ -31,8 +31,7 @@ from torch import nn
 from .data.encode import batches, collate, encode
 from .errors import ConfigError, DataError, RunError
 from .runs import Run
-from .train.loop import resolve_device
-from .train.precision import autocast, cpu_flags, resolve_precision
+from .train.precision import autocast, cpu_flags, resolve_device, resolve_precision
 
 PRECISIONS = {
     "fp32": "float32 weights",

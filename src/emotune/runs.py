@@ -28,12 +28,36 @@ import torch
 
 from .config import RunConfig
 from .errors import EmotuneError, RunError
-from .io import fsync_dir, load_tensors, read_json, remove_stale_tmp, write_json, write_text
-from .train.loop import BEST, CHECKPOINT, HISTORY, LEGACY_HISTORY
+from .io import fsync_dir, load_tensors, read_json, read_jsonl, remove_stale_tmp, write_json, write_text
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
 VOCAB = "vocab.json"  # classic models' word vocabulary
 LOCK = ".lock"
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "model.safetensors"
+HISTORY = "history.jsonl"  # one line per evaluation, appended
+LEGACY_HISTORY = "history.json"  # run folders written before history.jsonl: one JSON list
+
+
+def predictions_file(split: str) -> str:
+    """The file holding a split's per-text predictions."""
+    return f"predictions_{split}.csv"
+
+
+def read_history(folder: Path) -> list[dict]:
+    """Every validation evaluation of the run in ``folder`` (either history format; [] when none)."""
+    folder = Path(folder)
+    if (folder / HISTORY).is_file():
+        return read_jsonl(folder / HISTORY)
+    if (folder / LEGACY_HISTORY).is_file():
+        return read_json(folder / LEGACY_HISTORY)
+    return []
+
+
+def write_history(folder: Path, history: list[dict]) -> None:
+    """Replace the history at once (a resumed run drops evaluations after its checkpoint)."""
+    write_text(Path(folder) / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
+    (Path(folder) / LEGACY_HISTORY).unlink(missing_ok=True)
 RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB)
 
 try:
@@ -176,6 +200,30 @@ def prepare_run_dir(cfg: RunConfig, out: Path, overwrite: bool) -> Path:
     return out
 
 
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill the method's (or classic model's) default learning rate and warm-up, and a classic model's
+    options, into the config that gets saved."""
+    from .methods import METHODS
+    from .models import MODELS, is_classic
+    from .models.classic import resolve_options
+
+    method = METHODS.get(cfg.method.get("name", ""))
+    method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
+    resolved = RunConfig.from_dict(cfg.to_dict())
+    if method.resolve is not None:
+        resolved.method = method.resolve(dict(resolved.method))
+    classic = MODELS.get(cfg.model.name) if is_classic(cfg.model.name) else None
+    if classic:  # every option recorded, and classic models' own default learning rate
+        resolved.model.options = resolve_options(resolved)
+    if resolved.train.lr is None:
+        resolved.train.lr = classic.lr if classic else method.lr
+    if resolved.data.data_dir:  # absolute, so `evaluate` works from any folder
+        resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
+    if resolved.train.warmup_ratio is None:
+        resolved.train.warmup_ratio = method.warmup_ratio
+    return resolved
+
+
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
                 run_dir: Path | None = None):
     """(model, tokenizer, method) as configured, before any training. A classic model (``model.name`` in
@@ -210,6 +258,16 @@ class Run:
         if labels is None:
             raise RunError(f"{path}: incomplete run folder (no {LABELS})")
         return cls(path, RunConfig.from_yaml(path / CONFIG), labels)
+
+    @classmethod
+    def open_finished(cls, path: str | Path, role: str = "") -> "Run":
+        """Open a run folder and refuse it unless its training finished (``role`` names it in the error,
+        e.g. "member")."""
+        run = cls.open(path)
+        if not run.complete:
+            raise RunError(f"{run.path}: the {role + ' ' if role else ''}run has not finished training "
+                           f"({run.status()})")
+        return run
 
     @property
     def metrics(self) -> dict:

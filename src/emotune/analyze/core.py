@@ -114,10 +114,7 @@ def analyze(runs: list[str | Path], out: str | Path, *, top_k: int = 10, epsilon
     if not runs:
         raise ConfigError("name at least one run folder to analyse")
     start = time.perf_counter()
-    opened = [Run.open(p) for p in runs]
-    for run in opened:
-        if not run.complete:
-            raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+    opened = [Run.open_finished(p) for p in runs]
     base_cache: dict = {}
     svd_cache: dict[tuple, torch.Tensor] = {}  # W0's singular vectors, shared by the runs on one base model
     records = []

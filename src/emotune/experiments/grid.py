@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 from ..config import RunConfig
 from ..errors import ConfigError, EmotuneError, RunError
 from ..io import read_json, write_json, write_text
+from ..runs import METRICS
 from .settings import apply_settings, coerce, config_from, labels, load_spec
 
 FILE_KEYS = {"name", "description", "base", "set", "axes", "grids"}
@@ -144,7 +145,7 @@ def _axes(value: Any, where: str) -> dict[str, list]:
 
 def _validate(cells: list[Cell]) -> None:
     """Fail before anything trains: every cell's method and options must exist."""
-    from ..api import resolve_config
+    from ..runs import resolve_config
 
     for c in cells:
         try:
@@ -175,9 +176,7 @@ class GridInterrupted(Exception):
 
 def cell_status(cell: Cell, folder: Path) -> str:
     """new, done, interrupted, incomplete (started, no checkpoint yet) or conflict (another config there)."""
-    from ..api import resolve_config
-    from ..runs import CONFIG, Run
-    from ..train.loop import CHECKPOINT
+    from ..runs import CHECKPOINT, CONFIG, Run, resolve_config
 
     if not (folder / CONFIG).is_file():
         return "new"
@@ -247,7 +246,7 @@ def _record(r: CellResult, results: list[CellResult], bar, on_result) -> None:
 
 def _run_sequential(todo: list[Cell], out: Path, bar, results: list[CellResult], on_result) -> None:
     from .. import api
-    from ..train.loop import Interrupted
+    from ..errors import Interrupted
 
     for cell in todo:
         bar.start(cell.name)
@@ -352,7 +351,7 @@ def _init_worker(threads: int, stop) -> None:
 def _train_cell(config: dict, run_dir: str) -> dict:
     """Worker entry point: train one cell; never raises (exceptions do not all survive pickling)."""
     from .. import api
-    from ..train.loop import Interrupted
+    from ..errors import Interrupted
 
     try:
         metrics = api.train(RunConfig.from_dict(config), run_dir, progress=False,
@@ -373,7 +372,7 @@ def _brief(metrics: dict) -> dict:
 
 
 def _summary(folder: Path) -> dict:
-    path = folder / "metrics.json"
+    path = folder / METRICS
     return _brief(read_json(path)) if path.is_file() else {}
 
 

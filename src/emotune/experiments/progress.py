@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..progress import console
-from ..train.loop import read_history
+from ..runs import read_history
 from ..train.metrics import is_better
 
 STATUS_STYLE = {"done": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "pruned": "yellow"}

@@ -39,8 +39,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, RunError
 from ..io import read_json, write_json, write_text
 from ..registry import Registry
-from ..runs import CONFIG, same_config
-from ..train.loop import read_history
+from ..runs import CHECKPOINT, CONFIG, METRICS, read_history, resolve_config, same_config
 from ..train.metrics import HIGHER_IS_BETTER
 from .settings import apply_settings, config_from, format_value, labels, load_spec
 
@@ -162,8 +161,6 @@ class SearchSpace:
         return out
 
     def config_for(self, params: dict[str, Any]) -> RunConfig:
-        from ..api import resolve_config
-
         cfg = apply_settings(self.base, params)
         resolve_config(cfg)  # unknown methods/options fail here, before training
         return cfg
@@ -297,7 +294,7 @@ class QuietInterrupt(logging.Filter):
     interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from ..train.loop import Interrupted
+        from ..errors import Interrupted
 
         if record.exc_info and isinstance(record.exc_info[1], Interrupted):
             self.interrupted = True  # Optuna then logs "Trial N failed with value None." for the same trial
@@ -322,7 +319,7 @@ class Objective:
         cfg = self.space.config_for(params)
         rel = trial.user_attrs.get("run") or f"{TRIALS_DIR}/trial-{trial.number:04d}"
         run_dir = self.out / rel
-        for k, v in {"run": rel, "worker": self.worker, "config": api.resolve_config(cfg).to_dict()}.items():
+        for k, v in {"run": rel, "worker": self.worker, "config": resolve_config(cfg).to_dict()}.items():
             trial.set_user_attr(k, v)
         metric, name = self.space.metric, f"trial {trial.number} ({', '.join(labels(params))})"
 
@@ -340,7 +337,7 @@ class Objective:
 
         if self.bar:
             self.bar.start(name)
-        resolved = api.resolve_config(cfg)
+        resolved = resolve_config(cfg)
         if (run_dir / CONFIG).is_file() and not same_config(run_dir, resolved) and Run.open(run_dir).complete:
             raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
                            "--out?); use another --out")
@@ -379,8 +376,7 @@ class Objective:
 
 def mark_pruned(run_dir: Path, number: int) -> None:
     """Leave a pruned trial's folder clean: no checkpoint for anything to resume, no weights; marked pruned."""
-    from ..runs import METRICS
-    from ..train.loop import BEST, CHECKPOINT
+    from ..runs import BEST, CHECKPOINT, METRICS
 
     for name in (CHECKPOINT, BEST):
         (run_dir / name).unlink(missing_ok=True)
@@ -401,7 +397,7 @@ def requeue_interrupted(study, out: Path) -> list[int]:
         rel = t.user_attrs.get("run")
         if t.state != TrialState.FAIL or not rel or t.number in taken:
             continue
-        if (out / rel / "checkpoint.safetensors").exists():
+        if (out / rel / CHECKPOINT).exists():
             study.enqueue_trial(t.params, user_attrs={"run": rel, "resumes": t.number})
             queued.append(t.number)
     return queued
@@ -479,14 +475,14 @@ def retrain_full(space: SearchSpace, best: dict, out: Path, *, progress: bool = 
     steps = int(best["best_step"])
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.patience, cfg.train.metric = steps, steps, None, "loss"
     run = Run.open(run_dir) if (run_dir / CONFIG).is_file() else None
-    if run is not None and run.complete and not same_config(run_dir, api.resolve_config(cfg)):
+    if run is not None and run.complete and not same_config(run_dir, resolve_config(cfg)):
         raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
                        "--out?); use another --out")
     if run is None or not run.complete:
         # Marked before training starts, so no report ever mistakes its validation figures for held-out ones.
         marker = {"from_trial": best["trial"], "study": space.name, "data": "train+validation", "steps": steps,
                   "source_data": best["config"]["data"]["name"]}
-        write_json(run_dir / "metrics.json", {"retrained": marker})
+        write_json(run_dir / METRICS, {"retrained": marker})
         api.train(cfg, run_dir, progress=progress)
         run = Run.open(run_dir)
     metrics = run.metrics

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import write_json, write_text
+from ..runs import predictions_file
 from ..train.metrics import HIGHER_IS_BETTER
 from . import plots, tables
 from .analysis import report_section
@@ -152,7 +153,7 @@ def _intro(col: Collection, metric: str, note: str) -> str:
 
 
 def _examples(fam: str, e: Entry, keys: list[str], k: int, seed: int) -> list[Block]:
-    path = e.path / "predictions_test.csv"
+    path = e.path / predictions_file("test")
     head = Heading(f"{fam} ({hyper_label(e, keys)})", 3)
     if not path.is_file():
         return [head, Text(f"No test predictions in `{e.name}`.")]

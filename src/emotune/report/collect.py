@@ -16,8 +16,7 @@ from ..errors import RunError
 from ..experiments.settings import flatten, format_value, labels
 from ..models import is_classic
 from ..registry import Registry
-from ..runs import READ_ERRORS, Run, find_runs, unreadable
-from ..train.loop import read_history
+from ..runs import READ_ERRORS, Run, find_runs, read_history, unreadable
 from ..train.metrics import HIGHER_IS_BETTER
 
 FAMILY_NAMES: Registry[Callable[[dict], str]] = Registry("method family")

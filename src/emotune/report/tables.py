@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+from ..runs import BEST
 from .collect import Entry, hyper_label
 from .render import Table
 
@@ -36,7 +37,7 @@ def weights_mb(entry: Entry) -> float | None:
     """Size on disk of the run's saved weights (the adapter + head for PEFT methods)."""
     if entry.run is None:  # metrics alone (no run folder): nothing on disk to measure
         return None
-    path = entry.path / "model.safetensors"
+    path = entry.path / BEST
     return path.stat().st_size / 2**20 if path.is_file() else None
 
 

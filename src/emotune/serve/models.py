@@ -23,9 +23,8 @@ from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
 from ..predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
-from ..runs import Run
-from ..train.loop import BEST, resolve_device
-from ..train.precision import autocast
+from ..runs import BEST, Run
+from ..train.precision import autocast, resolve_device
 
 # A model name is a short plain word: never a path, never anything a request could use to reach a file.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -351,9 +350,7 @@ class ModelRegistry:
         named = parse_specs(specs)
         runs = []
         for name, path in named:
-            run = Run.open(path)
-            if not run.complete:
-                raise RunError(f"{run.path}: the run has not finished training ({run.status()})")
+            run = Run.open_finished(path)
             runs.append((name, run))
         dev = resolve_device(device)
         groups: dict[tuple, list[tuple[str, Run]]] = {}

@@ -25,38 +25,12 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
-from ..errors import ConfigError, RunError
-from ..io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, write_text
-from .metrics import (
-    check_metric,
-    classification_metrics,
-    is_better,
-    parameter_counts,
-    peak_memory_mb,
-    reset_peak_memory,
-)
-from .precision import MasterWeights, autocast, resolve_precision
-
-CHECKPOINT = "checkpoint.safetensors"
-BEST = "model.safetensors"
-HISTORY = "history.jsonl"  # one line per evaluation, appended
-LEGACY_HISTORY = "history.json"  # run folders written before history.jsonl: one JSON list
-
-
-def read_history(folder: Path) -> list[dict]:
-    """Every validation evaluation of the run in ``folder`` (either history format; [] when none)."""
-    folder = Path(folder)
-    if (folder / HISTORY).is_file():
-        return read_jsonl(folder / HISTORY)
-    if (folder / LEGACY_HISTORY).is_file():
-        return read_json(folder / LEGACY_HISTORY)
-    return []
-
-
-def write_history(folder: Path, history: list[dict]) -> None:
-    """Replace the history at once (a resumed run drops evaluations after its checkpoint)."""
-    write_text(Path(folder) / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
-    (Path(folder) / LEGACY_HISTORY).unlink(missing_ok=True)
+from ..errors import ConfigError, Interrupted, RunError
+from ..io import append_jsonl, load_tensors, save_tensors
+from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
+from .evaluate import evaluate_classifier
+from .metrics import check_metric, is_better, parameter_counts, peak_memory_mb, reset_peak_memory
+from .precision import MasterWeights, autocast, resolve_device, resolve_precision
 
 
 def data_fingerprint(data: "Encoded", label_names: list[str]) -> str:
@@ -65,16 +39,6 @@ def data_fingerprint(data: "Encoded", label_names: list[str]) -> str:
     for ids, label in zip(data.ids, data.labels):
         h.update(json.dumps([list(map(int, ids)), label]).encode())
     return h.hexdigest()[:16]
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C/SIGTERM (after saving a checkpoint unless checkpoints are off)."""
-
-    def __init__(self, step: int, path: Path, saved: bool = True):
-        what = ("checkpoint saved, run the same command again to resume" if saved else
-                "no checkpoint (train.checkpoint=false): running the same command again starts afresh")
-        super().__init__(f"interrupted at step {step}; {what}")
-        self.step, self.path, self.saved = step, path, saved
 
 
 @dataclass
@@ -86,12 +50,6 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def class_weights(how: str | None, labels: list[int], n_classes: int, device: torch.device) -> torch.Tensor | None:
@@ -129,38 +87,6 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.opt
         return torch.optim.AdamW(groups, fused=True, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, **kw)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
-                   pad_id: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Logits in the original order; batches sorted by length so little padding is computed."""
-    was_training = model.training
-    model.eval()
-    order = batches([len(x) for x in data.ids], batch_size, shuffle=False)
-    out = torch.empty(0)
-    chunks: list[tuple[list[int], torch.Tensor]] = []
-    for idx in order:
-        b = collate([data.ids[i] for i in idx], pad_id)
-        with autocast(device, dtype):
-            logits = model(**{k: v.to(device) for k, v in b.items()})
-        chunks.append((idx, logits.float().cpu()))
-    if chunks:
-        out = torch.empty(len(data), chunks[0][1].shape[-1])
-        for idx, logits in chunks:
-            out[idx] = logits
-    model.train(was_training)
-    return out
-
-
-def evaluate_classifier(model: nn.Module, data: Encoded, label_names: list[str], batch_size: int,
-                        device: torch.device, pad_id: int = 0,
-                        dtype: torch.dtype = torch.float32) -> tuple[dict, torch.Tensor]:
-    logits = predict_logits(model, data, batch_size, device, pad_id, dtype)
-    labels = torch.tensor(data.labels)
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    preds = logits.argmax(-1).numpy()
-    return classification_metrics(np.asarray(data.labels), preds, label_names, loss), logits
 
 
 @contextmanager

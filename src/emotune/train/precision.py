@@ -91,3 +91,9 @@ class MasterWeights:
             for (n, _), m in zip(self.named, self.masters):
                 m.copy_(state[n])
         self.masters_to_model()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -372,7 +372,7 @@ def calibration(model: LlmClassifier, tokenizer: PromptTokenizer, texts: list[st
     log space (logsumexp of the log-probabilities): a label the model all but rules out gets a large finite
     offset, never the log of an underflowed 0."""
     from ..data.encode import Encoded
-    from ..train.loop import predict_logits
+    from ..train.evaluate import predict_logits
 
     ids = [x for x in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if x]
     scores = predict_logits(_Scores(model), Encoded(ids, [0] * len(ids)), batch_size, torch.device("cpu"),

@@ -122,9 +122,7 @@ def build_transfer(cfg, opts: TransferOptions, labels: list[str], fit: bool = Tr
     if not opts.source:
         raise ConfigError("zero-shot transfer needs method.source: the folder of a trained emotune run")
     path = Path(opts.source).expanduser()
-    run = Run.open(path)
-    if not run.complete:
-        raise ConfigError(f"{path}: the source run has not finished training ({run.status()})")
+    run = Run.open_finished(path, "source")
     if run.config.method.get("name") == "zero-shot":
         raise ConfigError(f"{path}: the source must be a trained run, not a zero-shot one")
     check_weights(path, opts.source_sha256, "source")
