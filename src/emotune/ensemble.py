@@ -92,8 +92,7 @@ def _tokens(run) -> tuple:
 
 
 def build_ensemble(cfg, labels: list[str], fit: bool = True):
-    from .methods import METHODS
-    from .predictor import merge_adapter
+    from .methods import METHODS, merge_adapter
     from .runs import Run, check_weights
 
     options = METHODS.get("ensemble").make_config({k: v for k, v in cfg.method.items() if k != "name"})
@@ -142,6 +141,6 @@ def record_members(options: dict) -> dict:
 @register_method("ensemble", description="No training: finished runs on the same data (e.g. several seeds), "
                                          "their class probabilities averaged (emotune ensemble RUN...).",
                  config=EnsembleConfig, lr=0.0, trains=False, mergeable=False, build=build_ensemble,
-                 resolve=record_members)
+                 resolve=record_members, family=lambda options: f"ensemble of {len(options.get('members', []))}")
 def apply_ensemble(model: nn.Module, cfg) -> nn.Module:
     raise ConfigError("an ensemble is built from finished runs (emotune ensemble), not trained")

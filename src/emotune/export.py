@@ -129,7 +129,7 @@ def check_mergeable(run: Run) -> None:
 
 def merged_model(model: nn.Module, run: Run) -> nn.Module:
     """The run's float32 model with its adapter folded into the encoder's weights (a plain encoder)."""
-    from .predictor import merge_adapter
+    from .methods import merge_adapter
 
     check_mergeable(run)
     name = run.config.method.get("name")

@@ -30,6 +30,7 @@ from torch import nn
 
 from .data.encode import batches, collate, encode
 from .errors import ConfigError, DataError, RunError
+from .methods import merge_adapter
 from .runs import Run
 from .train.precision import autocast, cpu_flags, resolve_device, resolve_precision
 
@@ -76,22 +77,6 @@ def resolve_mode(precision: str | None, run: Run, device: torch.device) -> Mode:
             raise ConfigError("int8 (dynamic quantization) runs on the CPU only")
         return Mode("int8", torch.float32, torch.float32, int8=True)
     raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
-
-
-def merge_adapter(model: nn.Module) -> nn.Module:
-    """Fold a PEFT adapter into the encoder's weights (one plain encoder, no adapter branch) where PEFT can:
-    the LoRA family, (IA)^3, VeRA. A 4-bit (QLoRA) encoder becomes a float one, its weights dequantized and
-    the adapter added. Prefix and prompt tuning stay as they are (their virtual tokens are no weight update)."""
-    from .methods.qlora import dequantize_merge, is_quantized
-
-    encoder = getattr(model, "encoder", None)
-    if encoder is None:
-        return model
-    if is_quantized(encoder):
-        model.encoder = dequantize_merge(encoder)
-    elif hasattr(encoder, "merge_and_unload"):  # prompt-learning PeftModels have none
-        model.encoder = encoder.merge_and_unload()
-    return model
 
 
 def cpu_has_vnni() -> bool:

@@ -45,7 +45,7 @@ def linear_weights(encoder: nn.Module) -> dict[str, torch.Tensor]:
 def fine_tuned_encoder(run: Run) -> nn.Module:
     """The run's encoder with its trained weights, in float64, any adapter merged into the base weights
     (in float64, so a LoRA update W0 + scale * B @ A is not blurred by float32 rounding)."""
-    from ..predictor import merge_adapter
+    from ..methods import merge_adapter
 
     model, _ = run.load_model()
     model = merge_adapter(model.double())

@@ -1,8 +1,9 @@
-"""Fine-tuning methods, one small module each, registered by name."""
+"""Fine-tuning methods, one small module each, registered by name. Methods that build their model instead of
+training it (zero-shot, ensemble) register from their own packages (see ``emotune/__init__.py``)."""
 
 from . import dora, full, ia3, loftq, lora, loraplus, pissa, prefix, prompt, qlora, vera  # noqa: F401, I001
 from .base import METHODS, Method, apply_method, lr_scales, method_options, option_help, register_method
-from ..zeroshot import method as _zero_shot  # noqa: E402,F401,I001  (registers "zero-shot"; after .base)
-from .. import ensemble as _ensemble  # noqa: E402,F401,I001  (registers "ensemble")
+from .peft_common import merge_adapter
 
-__all__ = ["METHODS", "Method", "apply_method", "lr_scales", "method_options", "option_help", "register_method"]
+__all__ = ["METHODS", "Method", "apply_method", "lr_scales", "merge_adapter", "method_options", "option_help",
+           "register_method"]

@@ -41,9 +41,17 @@ class Method:
     ``build(run_config, label_names, fit=True) -> (model, tokenizer)``. Such a run is evaluated on
     validation and written without a training loop (``emotune.built``); loading it calls ``build`` with
     ``fit=False`` and copies in the tensors kept in model.safetensors."""
+    family: Callable[[dict[str, Any]], str] | str | None = None
+    """The name reports group runs of this method under: a text, or ``(method options) -> text``
+    (e.g. `LoRA attention`); None: the method's name."""
     resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """``(method options) -> options`` with what the run derives from its inputs filled in when it is made
     (an ensemble's member weight hashes), so that the saved config records it."""
+
+    def family_name(self, options: dict[str, Any]) -> str:
+        if self.family is None:
+            return self.name
+        return self.family if isinstance(self.family, str) else self.family(options)
 
     def make_config(self, options: dict[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(self.config_cls)}
@@ -63,13 +71,23 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(name: str, *, description: str, config: type, lr: float, warmup_ratio: float = 0.0,
                     **hooks: Any):
     """Decorator registering ``apply(model, cfg) -> model`` as a fine-tuning method; ``hooks`` are the
-    optional Method fields (trains, lr_scales, shared_adapter, mergeable, unavailable, build, resolve)."""
+    optional Method fields (family, trains, lr_scales, shared_adapter, mergeable, unavailable, build, resolve)."""
 
     def deco(apply: Callable[[nn.Module, Any], nn.Module]):
         METHODS.register(name)(Method(name, description, config, apply, lr, warmup_ratio, **hooks))
         return apply
 
     return deco
+
+
+def targeted_family(label: str, default_target: str = "attention") -> Callable[[dict[str, Any]], str]:
+    """A family named by the method and the modules it adapts: `LoRA attention`, `DoRA all-linear`..."""
+
+    def family(options: dict[str, Any]) -> str:
+        target = options.get("target", default_target)
+        return f"{label} {'+'.join(map(str, target)) if isinstance(target, list) else target}"
+
+    return family
 
 
 def method_options(spec: dict[str, Any]) -> tuple[Method, Any]:

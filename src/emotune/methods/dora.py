@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import register_method
+from .base import register_method, targeted_family
 from .lora import LoraConfig, apply_lora_variant
 
 
@@ -19,6 +19,7 @@ class DoraConfig(LoraConfig):
 # Not a shared-base adapter for serving: DoRA re-normalises the base weight itself at every forward,
 # which an int8-quantized shared base cannot provide.
 @register_method("dora", description="Weight-decomposed LoRA (DoRA, via PEFT): LoRA direction + trained magnitudes.",
-                 config=DoraConfig, lr=2e-3, warmup_ratio=0.06)
+                 config=DoraConfig, lr=2e-3, warmup_ratio=0.06,
+                 family=targeted_family("DoRA"))
 def apply_dora(model: nn.Module, cfg: DoraConfig) -> nn.Module:
     return apply_lora_variant(model, cfg, use_dora=True)

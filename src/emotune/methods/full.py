@@ -13,7 +13,8 @@ class FullConfig:
 
 
 @register_method("full", description="Train every weight of the encoder and the head.", config=FullConfig,
-                 lr=5e-5)
+                 lr=5e-5,
+                 family="full fine-tuning")
 def apply_full(model: nn.Module, cfg: FullConfig) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)

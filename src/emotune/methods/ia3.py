@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import register_method
-from .lora import unfreeze_norms, wrap_encoder
+from .base import register_method, targeted_family
+from .peft_common import unfreeze_norms, wrap_encoder
 
 KEY_VALUE_NAMES = {"key", "value", "k_lin", "v_lin", "k_proj", "v_proj", "key_proj", "value_proj"}
 # Feed-forward down projections (their input is the intermediate activation (IA)^3 rescales).
@@ -57,7 +57,8 @@ def ia3_targets(encoder: nn.Module, cfg: Ia3Config) -> tuple[list[str], list[str
 
 
 @register_method("ia3", description="(IA)^3: learned rescaling of keys, values and feed-forward activations (PEFT).",
-                 config=Ia3Config, lr=3e-3, warmup_ratio=0.06)  # lr: T-Few's 3e-3 (literature default)
+                 config=Ia3Config, lr=3e-3, warmup_ratio=0.06,
+                 family=targeted_family("(IA)3", "default"))  # lr: T-Few's 3e-3 (literature default)
 def apply_ia3(model: nn.Module, cfg: Ia3Config) -> nn.Module:
     import peft
 

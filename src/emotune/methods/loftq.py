@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import register_method
+from .base import register_method, targeted_family
 from .lora import LoraConfig, apply_lora_variant
 
 
@@ -43,7 +43,8 @@ def why_unavailable() -> str | None:
 
 
 @register_method("loftq", description="LoRA initialised for a quantized base (LoftQ, via PEFT; needs CUDA/XPU).",
-                 config=LoftqConfig, lr=2e-3, warmup_ratio=0.06, unavailable=why_unavailable)
+                 config=LoftqConfig, lr=2e-3, warmup_ratio=0.06, unavailable=why_unavailable,
+                 family=targeted_family("LoftQ"))
 def apply_loftq(model: nn.Module, cfg: LoftqConfig) -> nn.Module:
     import peft
 

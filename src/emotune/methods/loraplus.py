@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .base import register_method
+from .base import register_method, targeted_family
 from .lora import LoraConfig, apply_lora_variant, lora_peft_config
 
 
@@ -32,6 +32,7 @@ def b_matrix_scales(cfg: LoraPlusConfig, names: list[str]) -> dict[str, float]:
 # LoRA+'s rule of thumb: the A matrices' rate a little below plain LoRA's (here half of lora's 2e-3).
 @register_method("loraplus", description="LoRA+: LoRA with a larger learning rate (lr_ratio x) for the B matrices.",
                  config=LoraPlusConfig, lr=1e-3, warmup_ratio=0.06, lr_scales=b_matrix_scales,
-                 shared_adapter=lora_peft_config)
+                 shared_adapter=lora_peft_config,
+                 family=targeted_family("LoRA+"))
 def apply_loraplus(model: nn.Module, cfg: LoraPlusConfig) -> nn.Module:
     return apply_lora_variant(model, cfg)

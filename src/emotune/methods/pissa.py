@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import register_method
+from .base import register_method, targeted_family
 from .lora import LoraConfig, apply_lora_variant
 
 
@@ -32,7 +32,8 @@ class PissaConfig(LoraConfig):
 
 
 @register_method("pissa", description="LoRA initialised from the principal singular vectors (PiSSA, via PEFT).",
-                 config=PissaConfig, lr=2e-3, warmup_ratio=0.06)
+                 config=PissaConfig, lr=2e-3, warmup_ratio=0.06,
+                 family=targeted_family("PiSSA"))
 def apply_pissa(model: nn.Module, cfg: PissaConfig) -> nn.Module:
     init = "pissa" if cfg.niter == 0 else f"pissa_niter_{cfg.niter}"
     with torch.random.fork_rng(devices=[]):  # the randomized SVD draws from the global generator

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .base import register_method
-from .lora import unfreeze_norms, wrap_encoder
+from .peft_common import unfreeze_norms, wrap_encoder
 
 
 @dataclass
@@ -31,7 +31,8 @@ class PrefixConfig:
 
 # lr: P-Tuning v2's encoder classification runs used 5e-3 to 1e-2 (literature default, not yet tuned here).
 @register_method("prefix", description="Prefix tuning: trained key/value prefixes in every attention layer (PEFT).",
-                 config=PrefixConfig, lr=5e-3, warmup_ratio=0.06, mergeable=False)
+                 config=PrefixConfig, lr=5e-3, warmup_ratio=0.06, mergeable=False,
+                 family="prefix tuning")
 def apply_prefix(model: nn.Module, cfg: PrefixConfig) -> nn.Module:
     import peft
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .base import register_method
-from .lora import unfreeze_norms, wrap_encoder
+from .peft_common import unfreeze_norms, wrap_encoder
 
 INITS = {"vocab": "SAMPLE_VOCAB", "random": "RANDOM", "text": "TEXT"}
 
@@ -38,7 +38,8 @@ class PromptConfig:
 # lr: well above the other methods' as prompt tuning needs (Lester et al. used 0.3 with Adafactor); a starting
 # point for AdamW, not yet tuned here.
 @register_method("prompt", description="Prompt tuning: trained virtual tokens prepended to the input (PEFT).",
-                 config=PromptConfig, lr=1e-2, warmup_ratio=0.06, mergeable=False)
+                 config=PromptConfig, lr=1e-2, warmup_ratio=0.06, mergeable=False,
+                 family="prompt tuning")
 def apply_prompt(model: nn.Module, cfg: PromptConfig) -> nn.Module:
     import peft
 

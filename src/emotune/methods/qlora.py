@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import register_method
+from .base import register_method, targeted_family
 from .lora import LoraConfig, apply_lora_variant
 
 
@@ -73,7 +73,8 @@ def quantize_linears(encoder: nn.Module, cfg: QloraConfig) -> int:
 
 
 @register_method("qlora", description="QLoRA: LoRA on an encoder whose linear weights are 4-bit NF4 (bitsandbytes).",
-                 config=QloraConfig, lr=2e-3, warmup_ratio=0.06)  # lr: lora's (QLoRA keeps LoRA's recipe)
+                 config=QloraConfig, lr=2e-3, warmup_ratio=0.06,
+                 family=targeted_family("QLoRA"))  # lr: lora's (QLoRA keeps LoRA's recipe)
 def apply_qlora(model: nn.Module, cfg: QloraConfig) -> nn.Module:
     if not quantize_linears(model.encoder, cfg):
         raise ConfigError("method 'qlora': the encoder has no linear layers to quantize")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .base import register_method
-from .lora import target_modules, unfreeze_norms, wrap_encoder
+from .base import register_method, targeted_family
+from .peft_common import target_modules, unfreeze_norms, wrap_encoder
 
 
 @dataclass
@@ -35,7 +35,8 @@ class VeraConfig:
 
 # lr: VeRA's RoBERTa-base GLUE runs used 4e-3 to 1e-2 for the vectors (literature default, not yet tuned here).
 @register_method("vera", description="VeRA: shared frozen random low-rank matrices, trained scaling vectors (PEFT).",
-                 config=VeraConfig, lr=4e-3, warmup_ratio=0.06)
+                 config=VeraConfig, lr=4e-3, warmup_ratio=0.06,
+                 family=targeted_family("VeRA"))
 def apply_vera(model: nn.Module, cfg: VeraConfig) -> nn.Module:
     import peft
 

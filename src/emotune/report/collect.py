@@ -13,61 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import RunError
-from ..experiments.settings import flatten, format_value, labels
+from ..experiments.settings import flatten, labels
 from ..models import is_classic
-from ..registry import Registry
 from ..runs import READ_ERRORS, Run, find_runs, read_history, unreadable
 from ..train.metrics import HIGHER_IS_BETTER
 
-FAMILY_NAMES: Registry[Callable[[dict], str]] = Registry("method family")
 # Config keys that never distinguish runs in a table (where the data lives, how many threads ran).
 IGNORED_KEYS = {"data.data_dir", "train.threads", "train.device", "train.checkpoint"}
-
-
-def register_family(method: str):
-    """Decorator: ``fn(method_options) -> family name`` for one method."""
-    return FAMILY_NAMES.register(method)
-
-
-@register_family("full")
-def _full(options: dict) -> str:
-    return "full fine-tuning"
-
-
-@register_family("lora")
-def _lora(options: dict) -> str:
-    return f"LoRA {format_value(options.get('target', 'attention'))}"
-
-
-def _targeted(method: str, label: str, default_target: str) -> None:
-    """A PEFT method whose family is its label and its targets (`DoRA attention`, `VeRA all-linear`...)."""
-    register_family(method)(lambda options: f"{label} {format_value(options.get('target', default_target))}")
-
-
-for _method, _label in (("loraplus", "LoRA+"), ("dora", "DoRA"), ("pissa", "PiSSA"), ("loftq", "LoftQ"),
-                        ("qlora", "QLoRA"), ("vera", "VeRA")):
-    _targeted(_method, _label, "attention")
-_targeted("ia3", "(IA)3", "default")
-
-
-@register_family("prefix")
-def _prefix(options: dict) -> str:
-    return "prefix tuning"
-
-
-@register_family("prompt")
-def _prompt(options: dict) -> str:
-    return "prompt tuning"
-
-
-@register_family("zero-shot")
-def _zero_shot(options: dict) -> str:
-    return f"zero-shot {options.get('how', 'embed')}"
-
-
-@register_family("ensemble")
-def _ensemble(options: dict) -> str:
-    return f"ensemble of {len(options.get('members', []))}"
 
 
 @dataclass
@@ -112,7 +64,9 @@ class Collection:
 def method_family(method: dict) -> str:
     name = method.get("name", "?")
     options = {k: v for k, v in method.items() if k != "name"}
-    return FAMILY_NAMES.get(name)(options) if name in FAMILY_NAMES else str(name)
+    from ..methods import METHODS
+
+    return METHODS.get(name).family_name(options) if name in METHODS else str(name)
 
 
 # What reading one run folder can raise: a config with an unknown field, corrupt JSON, an unreadable file.

@@ -22,6 +22,6 @@ def record_source(options: dict) -> dict:
 @register_method("zero-shot", description="No training: embeddings vs label descriptions, label likelihood "
                                           "under a small LM, or a run from another data set with a label map.",
                  config=ZeroShotConfig, lr=0.0, trains=False, mergeable=False, build=build_zero_shot,
-                 resolve=record_source)
+                 resolve=record_source, family=lambda options: f"zero-shot {options.get('how', 'embed')}")
 def apply_zero_shot(model: nn.Module, cfg) -> nn.Module:
     raise ConfigError("zero-shot models are built by emotune.zeroshot (emotune zeroshot), not trained")

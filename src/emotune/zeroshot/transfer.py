@@ -116,7 +116,7 @@ class TransferClassifier(nn.Module):
 @register_kind("transfer", description="a run trained on another data set, its labels mapped onto the target's "
                                        "(method.source, method.label_map)", options=TransferOptions)
 def build_transfer(cfg, opts: TransferOptions, labels: list[str], fit: bool = True):
-    from ..predictor import merge_adapter
+    from ..methods import merge_adapter
     from ..runs import Run, check_weights
 
     if not opts.source:
