@@ -7,7 +7,7 @@ Configurations (one fresh Python process each, so nothing is shared or cached be
 - ``single``: one Predictor of RUN_A (the plain-model reference);
 - ``separate``: one Predictor per run (each its own copy of the base; LoRA merged into it);
 - ``separate-unmerged`` (with ``--unmerged``): one unmerged PEFT model per run (base + adapter branch);
-- ``shared``: ``emotune.adapters.AdapterSet`` over every run (one base, an adapter + head per run).
+- ``shared``: ``emotune.inference.adapters.AdapterSet`` over every run (one base, an adapter + head per run).
 
 Each process imports everything first and measures its resident memory (the baseline), loads, measures
 again ("after load"), predicts a fixed set of texts with every model and measures once more ("after
@@ -56,12 +56,12 @@ def child(kind: str, runs: list[str], precision: str) -> dict:
     import peft  # noqa: F401  (imported before the baseline in every configuration alike)
     import torch
 
-    from emotune.adapters import AdapterSet
     from emotune.data.encode import Encoded, encode
-    from emotune.predictor import Predictor
+    from emotune.inference.adapters import AdapterSet
+    from emotune.inference.engines import tensor_bytes
+    from emotune.inference.predictor import Predictor
     from emotune.runs import Run
-    from emotune.serve.models import tensor_bytes
-    from emotune.train.loop import predict_logits
+    from emotune.train.evaluate import predict_logits
 
     gc.collect()
     baseline = rss_mb()

@@ -33,7 +33,7 @@ def hf_classifier(run, folder: Path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from emotune.predictor import merge_adapter
+    from emotune.inference.predictor import merge_adapter
 
     if run.config.model.pooling != "pooler":
         sys.exit(f"{run.path}: the comparison needs a run trained with model.pooling=pooler")
@@ -106,7 +106,7 @@ def main() -> None:
     from emotune.config import DataConfig
     from emotune.data import load_data
     from emotune.data.encode import batches, collate
-    from emotune.predictor import Predictor
+    from emotune.inference.predictor import Predictor
     from emotune.runs import Run
 
     run = Run.open(args.run)

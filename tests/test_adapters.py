@@ -1,4 +1,4 @@
-"""Many adapters on one base (emotune.adapters.AdapterSet) and its memory benchmark, on tiny random BERT
+"""Many adapters on one base (emotune.inference.adapters.AdapterSet) and its memory benchmark, on tiny random BERT
 LoRA runs trained for a few steps (once for the module)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from emotune import api
-from emotune.adapters import AdapterSet
 from emotune.errors import ConfigError, DataError
-from emotune.predictor import Predictor
+from emotune.inference.adapters import AdapterSet
+from emotune.inference.predictor import Predictor
 
 from .conftest import EMOTIONS, REPO, tiny_config, write_emotion_folder
 
@@ -98,7 +98,7 @@ def test_unknown_adapter_and_bad_text(adapter_set):
 
 
 def test_one_base_in_memory(runs, adapter_set):
-    from emotune.serve.models import tensor_bytes
+    from emotune.inference.engines import tensor_bytes
 
     single = Predictor(runs["emotion"], precision="fp32")
     one = tensor_bytes([single.model])

@@ -19,10 +19,10 @@ from emotune.config import RunConfig
 from emotune.data import load_data
 from emotune.data.encode import collate
 from emotune.errors import ConfigError, Interrupted, RunError
+from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
 from emotune.models import MODELS, WordTokenizer, build_classic
 from emotune.models.vectors import load_vectors
-from emotune.predictor import Predictor
 from emotune.runs import VOCAB, Run, build_model
 
 from .conftest import EMOTIONS, WORDS, tiny_config, write_emotion_folder
@@ -323,7 +323,7 @@ def test_cli_lists_models_and_refuses_peft_on_classic(toy, tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_predictor_precisions_and_serving(cli_run, precision):
-    from emotune.serve.models import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     texts = ["i feel happy today", "i am so scared right now", "i feel loving", "what a shock"]
     ref = Predictor(cli_run, precision="fp32").probabilities(texts)

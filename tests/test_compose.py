@@ -14,8 +14,8 @@ import torch
 from emotune import api
 from emotune.compose import BOUND, cv_log_loss, fit_head, folds, sample_shots
 from emotune.errors import ConfigError, DataError
+from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
-from emotune.predictor import Predictor
 
 from .conftest import tiny_config, write_emotion_folder
 

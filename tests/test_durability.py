@@ -184,7 +184,7 @@ def test_runs_built_on_other_runs_refuse_a_member_retrained_since(tiny_model, to
 
 
 def test_predicting_with_an_unfinished_run_is_refused_unless_asked(tiny_model, toy_data, tmp_path):
-    from emotune.predictor import Predictor
+    from emotune.inference.predictor import Predictor
 
     out = tmp_path / "run"
     with pytest.raises(Interrupted):

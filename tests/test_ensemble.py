@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from emotune import api
 from emotune.cli import app
 from emotune.errors import ConfigError
-from emotune.predictor import Predictor
+from emotune.inference.predictor import Predictor
 from emotune.runs import Run
 
 from .conftest import tiny_config, write_emotion_folder
@@ -120,7 +120,8 @@ def test_cli_errors_are_one_line(members, tiny_model, tmp_path):
 def test_served_and_default_precision_match_the_library(members, tmp_path):
     from fastapi.testclient import TestClient
 
-    from emotune.serve import ModelRegistry, create_app
+    from emotune.inference.engines import ModelRegistry
+    from emotune.serve import create_app
 
     out = tmp_path / "served"
     api.train(ensemble_config(members), out, progress=False)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from emotune import api
 from emotune.errors import ConfigError, RunError
+from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
-from emotune.predictor import Predictor
 
 from .conftest import EMOTIONS, tiny_config, write_emotion_folder
 
@@ -234,7 +234,7 @@ def test_ties_and_dare_give_runs_that_evaluate_like_any(runs, how, tmp_path):
 
 
 def test_merged_run_shares_a_base_with_its_sources(runs, tmp_path):
-    from emotune.adapters import AdapterSet
+    from emotune.inference.adapters import AdapterSet
     from emotune.merge import merge_runs
 
     merge_runs([runs["lora-mean"], runs["lora-mean2"]], tmp_path / "m", how="ties", evaluate=False)

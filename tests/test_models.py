@@ -50,7 +50,7 @@ def test_tokenizer_truncates_at_the_position_embeddings(tiny_model):
 
 def test_a_long_text_and_a_big_max_length_train_and_predict(tiny_model, toy_data, tmp_path):
     from emotune import api
-    from emotune.predictor import Predictor
+    from emotune.inference.predictor import Predictor
 
     from .conftest import tiny_config
 

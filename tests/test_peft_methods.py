@@ -17,10 +17,10 @@ from emotune import api
 from emotune.config import ModelConfig
 from emotune.data.encode import Encoded, encode
 from emotune.errors import ConfigError, Interrupted
+from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
 from emotune.methods import METHODS, apply_method, lr_scales, merge_adapter
 from emotune.models import build_transformer
-from emotune.predictor import Predictor
 from emotune.runs import Run, build_model
 from emotune.train.loop import Trainer
 
@@ -302,7 +302,7 @@ def test_ia3_targets_keys_values_and_the_feed_forward(tiny_model):
 
 
 def test_only_base_preserving_lora_runs_share_a_base_when_served(trained):
-    from emotune.serve.models import ModelRegistry, PredictorEngine, SharedLoraEngine, shares_base
+    from emotune.inference.engines import ModelRegistry, PredictorEngine, SharedLoraEngine, shares_base
 
     assert {n for n in TRAINED if shares_base({"name": n})} == {"lora", "loraplus"}
     specs = [(n, trained(n)[0]) for n in ("lora", "loraplus", "dora", "prefix")]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emotune.errors import ConfigError
-from emotune.predictor import Predictor
+from emotune.inference.predictor import Predictor
 
 from .conftest import EMOTIONS
 from .test_serve import TEXTS, train_serving_runs
@@ -51,8 +51,8 @@ def test_predictor_merges_a_lora_adapter_and_keeps_the_trained_default(runs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_forward_matches_the_transformers_one(tiny_model, pooling, dtype):
     from emotune.config import ModelConfig
+    from emotune.inference.fast import FastBertClassifier, supports
     from emotune.models import build_transformer
-    from emotune.serve.fast import FastBertClassifier, supports
 
     torch.manual_seed(0)
     model, tok = build_transformer(ModelConfig(name=tiny_model, pooling=pooling), 6)
@@ -82,7 +82,7 @@ def test_predictor_rejects_unknown_precision(runs):
 
 
 def test_int8_quantizes_the_encoder_not_the_head(runs):
-    from emotune.predictor import cpu_has_vnni
+    from emotune.inference.predictor import cpu_has_vnni
 
     p = Predictor(runs["emo-full"], precision="int8")
     kinds = {n: type(m).__name__ for n, m in p.model.named_modules()}

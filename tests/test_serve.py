@@ -13,7 +13,7 @@ import torch
 
 from emotune import api
 from emotune.errors import ConfigError
-from emotune.predictor import Predictor
+from emotune.inference.predictor import Predictor
 
 from .conftest import EMOTIONS, tiny_config, write_emotion_folder
 
@@ -60,7 +60,7 @@ TEXTS = ["i feel happy today", "i am so scared right now", "the film was awful o
 
 # ---- one base, many adapters -----------------------------------------------------------------------
 def test_lora_runs_share_one_base_and_predict_as_alone(runs):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     reg = ModelRegistry.load([f"a={runs['emo-lora']}", f"b={runs['senti-lora']}", f"full={runs['emo-full']}"],
                              precision="fp32")
@@ -74,9 +74,9 @@ def test_lora_runs_share_one_base_and_predict_as_alone(runs):
 
 
 def test_a_second_adapter_adds_only_its_own_size(runs):
-    from emotune.predictor import resolve_mode
+    from emotune.inference.engines import SharedLoraEngine
+    from emotune.inference.predictor import resolve_mode
     from emotune.runs import Run
-    from emotune.serve.models import SharedLoraEngine
 
     a, b = Run.open(runs["emo-lora"]), Run.open(runs["senti-lora"])
     mode = resolve_mode("fp32", a, torch.device("cpu"))
@@ -88,7 +88,7 @@ def test_a_second_adapter_adds_only_its_own_size(runs):
 
 
 def test_shared_engine_in_bf16_and_int8(runs):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     ref = ModelRegistry.load([f"a={runs['emo-lora']}", f"b={runs['senti-lora']}"], precision="fp32")
     for precision in ("bf16", "int8"):
@@ -99,14 +99,14 @@ def test_shared_engine_in_bf16_and_int8(runs):
 
 @pytest.mark.parametrize("spec", ["../x=/tmp", "a/b=/tmp", "=/tmp"])
 def test_model_names_are_plain_words(runs, spec):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     with pytest.raises(ConfigError):
         ModelRegistry.load([spec, str(runs["emo-full"])])
 
 
 def test_duplicate_names_are_refused(runs):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     with pytest.raises(ConfigError, match="two models"):
         ModelRegistry.load([f"x={runs['emo-full']}", f"x={runs['emo-lora']}"])
@@ -114,7 +114,7 @@ def test_duplicate_names_are_refused(runs):
 
 # ---- micro-batching --------------------------------------------------------------------------------
 def test_concurrent_requests_are_batched_and_answered_in_order(runs):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
     from emotune.serve.batcher import MicroBatcher
 
     reg = ModelRegistry.load([f"a={runs['emo-lora']}", f"b={runs['senti-lora']}"], precision="fp32")
@@ -146,7 +146,7 @@ async def until(condition, timeout: float = 30) -> None:
 
 
 def test_close_finishes_in_flight_requests(runs):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
     from emotune.serve.batcher import Closed, MicroBatcher
 
     reg = ModelRegistry.load([f"a={runs['emo-full']}"], precision="fp32")
@@ -173,7 +173,8 @@ def test_close_finishes_in_flight_requests(runs):
 def client(runs):
     from fastapi.testclient import TestClient
 
-    from emotune.serve import BatchConfig, Limits, ModelRegistry, create_app
+    from emotune.inference.engines import ModelRegistry
+    from emotune.serve import BatchConfig, Limits, create_app
 
     reg = ModelRegistry.load([f"emo={runs['emo-lora']}", f"senti={runs['senti-lora']}", f"full={runs['emo-full']}"],
                              precision="fp32")

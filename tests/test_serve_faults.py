@@ -31,7 +31,7 @@ def run_dir(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(run_dir):
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     return ModelRegistry.load([f"emo={run_dir}"], precision="fp32")
 
@@ -152,7 +152,7 @@ def test_non_finite_probabilities_are_a_json_500_never_nan_in_json(registry, fau
 
 
 def test_non_finite_metrics_are_sent_as_null(registry, monkeypatch):
-    from emotune.serve import models as served_models
+    from emotune.inference import engines as served_models
 
     monkeypatch.setattr(served_models, "summary_metrics",
                         lambda run: {"validation": {"accuracy": math.nan, "loss": math.inf, "f1_macro": 0.5}})

@@ -19,7 +19,7 @@ from emotune.cli import app
 from emotune.config import RunConfig
 from emotune.data.encode import collate
 from emotune.errors import ConfigError
-from emotune.predictor import Predictor
+from emotune.inference.predictor import Predictor
 from emotune.runs import Run
 
 from .conftest import EMOTIONS, tiny_config
@@ -125,8 +125,8 @@ def test_embed_reload_matches_saved_predictions_and_evaluates_on_test(embed_run)
 
 
 def test_embed_serves_through_the_lean_forward(embed_run):
-    from emotune.serve import ModelRegistry
-    from emotune.serve.fast import FastBertClassifier
+    from emotune.inference.engines import ModelRegistry
+    from emotune.inference.fast import FastBertClassifier
 
     texts = ["i feel sad today", "i am so furious right now", "what a lovely surprise"]
     reg = ModelRegistry.load([f"zs={embed_run}"], precision="fp32")
@@ -458,7 +458,7 @@ def test_llm_run_reloads_with_its_calibration(tiny_llama, tmp_path):
     val = load_data(run.config.data, run.config.train.seed)["validation"]
     probs = Predictor(run).probabilities(val.texts)
     assert torch.allclose(probs, csv_probabilities(out / "predictions_validation.csv", run.labels), atol=2e-6)
-    from emotune.serve import ModelRegistry
+    from emotune.inference.engines import ModelRegistry
 
     served = ModelRegistry.load([f"llm={out}"], precision="fp32")["llm"].probabilities(val.texts[:4])
     assert torch.allclose(served, probs[:4], atol=1e-5)

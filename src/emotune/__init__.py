@@ -3,7 +3,7 @@
 import logging
 import warnings
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 # Deprecation chatter from dependencies says nothing to an emotune user.
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

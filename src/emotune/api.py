@@ -11,9 +11,9 @@ from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
 from .errors import DataError
+from .inference.predictor import Predictor
 from .io import write_json, write_text
 from .models.vocab import WordTokenizer
-from .predictor import Predictor
 from .runs import (
     CONFIG,
     LABELS,

@@ -52,8 +52,8 @@ def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
 
 
 def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
+    from .inference.predictor import prepare_model, resolve_mode
     from .methods import METHODS
-    from .predictor import prepare_model, resolve_mode
     from .progress import training_progress
     from .runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history, write_predictions
     from .train.evaluate import evaluate_classifier

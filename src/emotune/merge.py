@@ -88,7 +88,7 @@ def lora_options(run: Run):
 
 
 def _check_runs(runs: list[Run]) -> None:
-    from .adapters import check_same_base
+    from .inference.adapters import check_same_base
 
     for run in runs:
         lora_options(run)
@@ -109,8 +109,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
                overwrite: bool = False) -> dict:
     """Merge LoRA runs of one task into the run folder ``out``; return its metrics (validation when
     ``evaluate``)."""
-    from .predictor import Mode
-    from .serve.models import SharedLoraEngine
+    from .inference.engines import SharedLoraEngine
+    from .inference.predictor import Mode
 
     comb = COMBINATIONS.get(how)
     if len(run_dirs) < 2:

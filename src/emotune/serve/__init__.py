@@ -1,16 +1,12 @@
-"""Serving: runs loaded by name (LoRA runs sharing one base), micro-batching, the HTTP app and its page,
-and a lean BERT forward for fast inference (``fast``)."""
+"""Serving over HTTP: the FastAPI app and its page, micro-batching, and the glue `emotune serve` runs. The
+models it serves come from ``emotune.inference`` (engines: one base shared by many adapters)."""
 
-__all__ = ["BatchConfig", "Limits", "ModelRegistry", "create_app"]
+__all__ = ["BatchConfig", "Limits", "create_app"]
 
 
-def __getattr__(name: str):  # imported on first use: the predictor needs `fast` without FastAPI
+def __getattr__(name: str):  # imported on first use: FastAPI only loads for serving
     if name in ("BatchConfig", "Limits", "create_app"):
         from . import app
 
         return getattr(app, name)
-    if name == "ModelRegistry":
-        from .models import ModelRegistry
-
-        return ModelRegistry
     raise AttributeError(name)

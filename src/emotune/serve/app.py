@@ -39,10 +39,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .. import __version__
+from ..inference.engines import ModelRegistry, valid_name
+from ..inference.format import format_outputs
+from ..version import __version__
 from .batcher import Closed, MicroBatcher, QueueFull
 from .docs import docs_html
-from .models import ModelRegistry, valid_name
 
 log = logging.getLogger("emotune.serve")
 
@@ -387,10 +388,7 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
         if bad:
             raise ApiError(500, "non_finite_output", f"model {name!r} gave a non-finite probability for text "
                                                      f"{bad[0] + 1}; no answer is sent for this request")
-        rows = probs.tolist()
-        return JSONResponse({"model": name, "predictions": [
-            {"label": labels[max(range(len(row)), key=row.__getitem__)],
-             "probabilities": dict(zip(labels, row))} for row in rows]})
+        return JSONResponse({"model": name, "predictions": format_outputs(probs, labels)})
 
     @app.get("/v1/models", summary="Loaded models")
     async def models():

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .models import ModelRegistry
+from ..inference.engines import ModelRegistry
 
 
 @dataclass

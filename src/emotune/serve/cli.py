@@ -40,8 +40,8 @@ def serve(run_dirs: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000,
     header values answered (default: see ``default_allowed_hosts``; ``*``: any)."""
     import uvicorn
 
+    from ..inference.engines import ModelRegistry
     from .app import BatchConfig, Limits, create_app
-    from .models import ModelRegistry
 
     for name, value in (("--workers", workers), ("--max-batch", max_batch), ("--batch-size", batch_size),
                         ("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-body-bytes", max_body_bytes),

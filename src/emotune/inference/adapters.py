@@ -6,7 +6,7 @@
 
 The base encoder is in memory once; each LoRA run adds its adapter, its own head and label set (and the
 few base tensors it trained itself, such as LayerNorms with ``train_norm``). Adapters are switched per
-batch by ``serve.models.SharedLoraEngine``, the one implementation ``emotune serve`` uses too.
+batch by ``engines.SharedLoraEngine``, the one implementation ``emotune serve`` uses too.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .predictor import check_texts, format_predictions, resolve_mode
-from .runs import Run
-from .train.precision import resolve_device
+from ..errors import ConfigError
+from ..runs import Run
+from ..train.precision import resolve_device
+from .format import check_texts, format_predictions
+from .predictor import resolve_mode
 
 
 def base_key(run: Run) -> tuple[str, bool]:
     """What must be equal for runs to share one base: the encoder (resolved to its folder where it is local)
     and whether it keeps its pooler layer (``pooling=pooler``; other poolings drop it)."""
-    from .models import resolve_model_path
+    from ..models import resolve_model_path
 
     name = resolve_model_path(run.config.model.name)
     path = Path(name)
@@ -49,7 +50,7 @@ def check_same_base(runs: Mapping[str, Run]) -> None:
 
 def open_runs(runs: Mapping[str, str | Path | Run] | Sequence[str | Path | Run]) -> dict[str, Run]:
     """``{name: run folder}``, or a list of ``PATH`` / ``NAME=PATH`` (named after the folder) -> finished Runs."""
-    from .serve.models import parse_specs
+    from .engines import parse_specs
 
     def where(p: str | Path | Run) -> str | Path:
         return p.path if isinstance(p, Run) else p
@@ -75,7 +76,7 @@ class AdapterSet:
     @classmethod
     def load(cls, runs: Mapping[str, str | Path | Run] | Sequence[str | Path], *, precision: str = "fp32",
              device: str = "cpu", batch_size: int = 64, threads: int | None = None) -> "AdapterSet":
-        from .serve.models import SharedLoraEngine, shares_base
+        from .engines import SharedLoraEngine, shares_base
 
         if threads:
             torch.set_num_threads(threads)
@@ -107,7 +108,7 @@ class AdapterSet:
 
     def probabilities(self, texts: Sequence[str], adapter: str) -> torch.Tensor:
         """Class probabilities, one row per text, columns in ``labels(adapter)`` order."""
-        from .data.encode import encode
+        from ..data.encode import encode
 
         run = self._run(adapter)
         if not texts:

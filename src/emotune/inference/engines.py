@@ -22,9 +22,9 @@ from torch import nn
 from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
-from ..predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
 from ..runs import BEST, Run
 from ..train.precision import autocast, resolve_device
+from .predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
 
 # A model name is a short plain word: never a path, never anything a request could use to reach a file.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

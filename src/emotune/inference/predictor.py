@@ -28,11 +28,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .data.encode import batches, collate, encode
-from .errors import ConfigError, DataError, RunError
-from .methods import merge_adapter
-from .runs import Run
-from .train.precision import autocast, cpu_flags, resolve_device, resolve_precision
+from ..data.encode import batches, collate, encode
+from ..errors import ConfigError, RunError
+from ..methods import merge_adapter
+from ..runs import Run
+from ..train.precision import autocast, cpu_flags, resolve_device, resolve_precision
+from .format import check_texts, format_predictions
 
 PRECISIONS = {
     "fp32": "float32 weights",
@@ -126,7 +127,7 @@ def _full_range_linear() -> type:
 
 def prepare_model(model: nn.Module, mode: Mode, device: torch.device, fast: bool = True) -> nn.Module:
     """A freshly loaded float32 model made ready for inference in ``mode``; with ``fast``, BERT-architecture
-    encoders run through the lean forward of ``emotune.serve.fast`` (same weights, same mathematics)."""
+    encoders run through the lean forward of ``emotune.inference.fast`` (same weights, same mathematics)."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -137,7 +138,7 @@ def prepare_model(model: nn.Module, mode: Mode, device: torch.device, fast: bool
     names = None
     if mode.merge:
         model = merge_adapter(model)
-        from .serve.fast import FastBertClassifier, supports
+        from .fast import FastBertClassifier, supports
 
         if fast and supports(model):
             model = FastBertClassifier(model)
@@ -164,7 +165,7 @@ class Predictor:
     ``unfinished``: predict with an interrupted run's best weights so far (``step`` says which evaluation);
     without it such a run is refused.
 
-    ``fast`` (default): BERT-architecture encoders run through ``emotune.serve.fast``'s lean forward.
+    ``fast`` (default): BERT-architecture encoders run through ``emotune.inference.fast``'s lean forward.
     """
 
     def __init__(self, run: str | Path | Run, *, precision: str | None = None, device: str = "cpu",
@@ -189,7 +190,7 @@ class Predictor:
         self._pool = None
         model, self.tokenizer = self.run.load_model()
         self.model = prepare_model(model, self.mode, self.device, fast)
-        from .serve.fast import FastBertClassifier
+        from .fast import FastBertClassifier
 
         # The lean forward with bfloat16 weights runs in bfloat16 throughout: no autocast casts needed.
         self._autocast = (torch.float32 if isinstance(self.model, FastBertClassifier)
@@ -294,15 +295,3 @@ def pad_batch(b: dict[str, torch.Tensor], length_multiple: int, batch_multiple: 
     padded_ids[:rows, :length], padded_mask[:rows, :length] = ids, mask
     padded_mask[rows:, 0] = 1  # padding rows attend to one token, so their softmax stays finite
     return {"input_ids": padded_ids, "attention_mask": padded_mask}
-
-
-def check_texts(texts: Sequence[str]) -> None:
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise DataError(f"text {i + 1} is empty")
-
-
-def format_predictions(texts: Sequence[str], probs: torch.Tensor, labels: list[str]) -> list[dict]:
-    return [{"text": t, "label": labels[int(p.argmax())],
-             "probabilities": {name: float(v) for name, v in zip(labels, p.tolist())}}
-            for t, p in zip(texts, probs)]
