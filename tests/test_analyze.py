@@ -15,6 +15,7 @@ from emotune.analyze import analyze, count_intruders, effective_rank, matrix_sta
 from emotune.analyze.core import split_name
 from emotune.errors import ConfigError
 from emotune.io import load_tensors
+from emotune.report.analysis import analyze_runs
 
 from .conftest import tiny_config, write_emotion_folder
 
@@ -90,7 +91,7 @@ def tiny_runs(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analysis(tiny_runs):
-    return analyze([tiny_runs / "runs" / "full", tiny_runs / "runs" / "lora"], tiny_runs / "analysis", top_k=5,
+    return analyze_runs([tiny_runs / "runs" / "full", tiny_runs / "runs" / "lora"], tiny_runs / "analysis", top_k=5,
                    epsilon=0.5)
 
 

@@ -21,7 +21,7 @@ from emotune.data.encode import collate
 from emotune.errors import ConfigError, Interrupted, RunError
 from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
-from emotune.models import MODELS, WordTokenizer, build_classic
+from emotune.models import MODELS, WordTokenizer
 from emotune.models.vectors import load_vectors
 from emotune.runs import VOCAB, Run, build_model
 
@@ -126,7 +126,7 @@ def test_real_glove_6b_50d_rows_match_the_package():
 # ---- models -----------------------------------------------------------------------------------------------
 def build(name: str, texts: list[str], num_labels: int = 3, **options):
     cfg = classic_config(name, **{"embeddings": "random", "embedding_dim": DIM, **options})
-    return build_classic(cfg, num_labels, texts=texts)
+    return build_model(cfg, num_labels, texts=texts)
 
 
 TEXTS = ["i feel happy today", "i feel sad", "i am scared right now and i feel terrified", "what"]
@@ -175,15 +175,15 @@ def test_lstm_reads_the_last_real_token(name):
 
 def test_frozen_glove_embeddings_and_the_method(glove):
     cfg = classic_config("baseline", embeddings=str(glove), hidden=8)
-    model, _, _ = build_classic(cfg, 6, texts=["i feel happy", "i feel mad"])
+    model, _, _ = build_model(cfg, 6, texts=["i feel happy", "i feel mad"])
     assert model.embedding.weight.requires_grad  # fine-tuned from the vectors by default
     cfg.model.options["freeze_embeddings"] = True
-    model, _, _ = build_classic(cfg, 6, texts=["i feel happy"])
+    model, _, _ = build_model(cfg, 6, texts=["i feel happy"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "embedding.weight" not in trainable and "head.weight" in trainable
     cfg.method = {"name": "lora"}
     with pytest.raises(ConfigError, match="trains with method 'full'"):
-        build_classic(cfg, 6, texts=["i feel happy"])
+        build_model(cfg, 6, texts=["i feel happy"])
 
 
 @pytest.mark.parametrize("options, message", [
@@ -194,7 +194,7 @@ def test_frozen_glove_embeddings_and_the_method(glove):
 ])
 def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
-        build_classic(classic_config("baseline", **options), 2, texts=["a b"])
+        build_model(classic_config("baseline", **options), 2, texts=["a b"])
 
 
 def test_heads_must_divide_the_width():

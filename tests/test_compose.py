@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from emotune import api
-from emotune.compose import BOUND, cv_log_loss, fit_head, folds, sample_shots
 from emotune.errors import ConfigError, DataError
 from emotune.inference.predictor import Predictor
 from emotune.io import load_tensors
+from emotune.workflows.compose import BOUND, cv_log_loss, fit_head, folds, sample_shots
 
 from .conftest import tiny_config, write_emotion_folder
 
@@ -58,7 +58,7 @@ def lora_runs(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def composed(lora_runs, tmp_path_factory):
-    from emotune.compose import compose
+    from emotune.workflows.compose import compose
 
     out = tmp_path_factory.mktemp("composed") / "run"
     trials = []
@@ -119,7 +119,7 @@ def test_reload_reproduces_the_saved_validation_predictions(composed):
 
 
 def test_rank_mismatch_and_other_methods_are_refused(lora_runs, tmp_path):
-    from emotune.compose import compose
+    from emotune.workflows.compose import compose
 
     with pytest.raises(ConfigError, match="same rank"):
         compose([lora_runs["a"], lora_runs["r2"]], str(lora_runs["new_task"]), tmp_path / "x", trials=1)

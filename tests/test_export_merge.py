@@ -59,7 +59,7 @@ def assert_same_predictions(got: torch.Tensor, want: torch.Tensor) -> None:
 # ---- export --merged -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["lora-pooler", "full-pooler"])
 def test_pooler_runs_export_to_the_stock_class(runs, name, tmp_path):
-    from emotune.export import export_merged
+    from emotune.workflows.export import export_merged
 
     out = tmp_path / "export"
     r = export_merged(runs[name], out)
@@ -77,7 +77,7 @@ def test_pooler_runs_export_to_the_stock_class(runs, name, tmp_path):
 
 def test_merged_export_carries_the_adapter(runs, tiny_model, tmp_path):
     """The exported query weights are the base's plus the LoRA update (not the untouched base)."""
-    from emotune.export import export_merged
+    from emotune.workflows.export import export_merged
 
     export_merged(runs["lora-pooler"], tmp_path / "e")
     exported, _ = load_tensors(tmp_path / "e" / "model.safetensors")
@@ -96,7 +96,7 @@ def test_merged_export_carries_the_adapter(runs, tiny_model, tmp_path):
 def test_mean_and_cls_pooling_ship_emotune_class(runs, name, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from emotune.export import export_merged
+    from emotune.workflows.export import export_merged
 
     out = tmp_path / "export"
     r = export_merged(runs[name], out)
@@ -112,8 +112,8 @@ def test_mean_and_cls_pooling_ship_emotune_class(runs, name, tmp_path):
 
 
 def test_stock_only_and_refusals(runs, tmp_path):
-    from emotune.export import export_merged
     from emotune.methods import METHODS
+    from emotune.workflows.export import export_merged
 
     with pytest.raises(ConfigError, match="no stock Transformers class"):
         export_merged(runs["lora-mean"], tmp_path / "stock", stock_only=True)
@@ -175,7 +175,7 @@ def updates(run: Path) -> dict[str, torch.Tensor]:
 def test_linear_merge_of_a_run_with_itself(runs, tmp_path):
     """linear combines A and B separately: A' = sum sqrt(w) A, B' = sum sqrt(w) B, so two copies at 0.25/0.25
     give back the run, and at 0.5/0.5 twice its update (the head, averaged, is unchanged either way)."""
-    from emotune.merge import merge_runs
+    from emotune.workflows.merge import merge_runs
 
     run = runs["lora-mean"]
     metrics = merge_runs([run, run], tmp_path / "quarter", how="linear", weights="0.25,0.25")
@@ -192,7 +192,7 @@ def test_linear_merge_of_a_run_with_itself(runs, tmp_path):
 
 
 def test_cat_merge_is_the_weighted_sum_of_updates_heads_and_norms_averaged(runs, tiny_model, tmp_path):
-    from emotune.merge import merge_runs
+    from emotune.workflows.merge import merge_runs
 
     a, b = runs["lora-mean"], runs["lora-mean2"]  # lora-mean2 also trained every bias
     metrics = merge_runs([a, b], tmp_path / "cat", how="cat", weights="3,1")
@@ -213,7 +213,7 @@ def test_cat_merge_is_the_weighted_sum_of_updates_heads_and_norms_averaged(runs,
 
 @pytest.mark.parametrize("how", ["ties", "dare", "dare_ties", "svd"])
 def test_ties_and_dare_give_runs_that_evaluate_like_any(runs, how, tmp_path):
-    from emotune.merge import merge_runs
+    from emotune.workflows.merge import merge_runs
 
     out = tmp_path / how
     metrics = merge_runs([runs["lora-mean"], runs["lora-mean2"]], out, how=how, weights="0.6,0.4")
@@ -235,7 +235,7 @@ def test_ties_and_dare_give_runs_that_evaluate_like_any(runs, how, tmp_path):
 
 def test_merged_run_shares_a_base_with_its_sources(runs, tmp_path):
     from emotune.inference.adapters import AdapterSet
-    from emotune.merge import merge_runs
+    from emotune.workflows.merge import merge_runs
 
     merge_runs([runs["lora-mean"], runs["lora-mean2"]], tmp_path / "m", how="ties", evaluate=False)
     s = AdapterSet.load({"merged": tmp_path / "m", "source": runs["lora-mean"]})
@@ -244,7 +244,7 @@ def test_merged_run_shares_a_base_with_its_sources(runs, tmp_path):
 
 
 def test_merge_errors(runs, tmp_path):
-    from emotune.merge import merge_runs
+    from emotune.workflows.merge import merge_runs
 
     a, b = runs["lora-mean"], runs["lora-mean2"]
     with pytest.raises(ConfigError, match="3 weight.*for 2 runs"):
@@ -303,7 +303,7 @@ def test_minilm_pooler_run_exports_to_bert_for_sequence_classification(real_data
     class gives emotune's fp32 probabilities on real validation texts."""
     from emotune.config import RunConfig
     from emotune.data import load_data
-    from emotune.export import export_merged
+    from emotune.workflows.export import export_merged
 
     cfg = RunConfig()
     cfg.data.data_dir = str(real_data)
@@ -323,7 +323,7 @@ def test_export_stages_in_a_fresh_random_folder(runs, tmp_path, monkeypatch):
     mode 0700), never from a predictable path another user could have prepared."""
     import tempfile
 
-    from emotune import export
+    from emotune.workflows import export
 
     made, loaded = [], []
     real_mkdtemp, real_verify = tempfile.mkdtemp, export.verify_export

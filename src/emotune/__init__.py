@@ -13,7 +13,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Methods that build their model instead of training it register from their own packages: the method
 # registry never imports its users.
-from . import ensemble as _ensemble  # noqa: E402,F401,I001
+from .workflows import ensemble as _ensemble  # noqa: E402,F401,I001
 from .api import Predictor, evaluate, list_runs, predict, train  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .zeroshot import method as _zero_shot  # noqa: E402,F401,I001

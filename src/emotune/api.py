@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
-from .errors import DataError
+from .inference.evaluate import evaluate
 from .inference.predictor import Predictor
 from .io import write_json, write_text
 from .models.vocab import WordTokenizer
@@ -42,7 +42,7 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
     from .methods import METHODS
 
     if METHODS.get(cfg.method.get("name", "")).build is not None:  # nothing to train (zero-shot, ensemble)
-        from .built import write_built_run
+        from .workflows.built import write_built_run
 
         return write_built_run(cfg, out, overwrite=overwrite, progress=progress)
     out = Path(out)
@@ -84,33 +84,6 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
         train=result.summary, validation=result.best_metrics)
     trainer.finish()  # only now: a kill before this line resumes at the last step, never from step 0
-    return metrics
-
-
-def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None,
-             precision: str | None = None) -> dict:
-    """Evaluate a finished run on a split of its data set; saves metrics and predictions."""
-    run = Run.open_finished(run_dir)
-    with run_lock(run.path, "emotune evaluate"):
-        return _evaluate(run, split, data_dir, precision)
-
-
-def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
-    data_cfg = run.config.data
-    if data_dir:
-        data_cfg.data_dir = data_dir
-    data = load_data(data_cfg, run.config.train.seed)
-    part = data[split]
-    if data.label_names != run.labels:
-        raise DataError(f"the data's labels {data.label_names} differ from the run's {run.labels}")
-    predictor = Predictor(run, precision=precision, batch_size=run.config.train.eval_batch_size)
-    enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
-    metrics, logits = evaluate_classifier(predictor.model, enc, run.labels, predictor.batch_size,
-                                          predictor.device, predictor.pad_id, predictor.dtype)
-    metrics["precision"] = predictor.precision  # the inference mode these figures come from
-    write_predictions(run.path / predictions_file(split), part.texts, part.labels,
-                      torch.softmax(logits, -1), run.labels)
-    run.update_metrics(**{split: metrics})
     return metrics
 
 

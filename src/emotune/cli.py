@@ -587,7 +587,7 @@ def compose(
 ):
     """Mix LoRA adapters for a new task from a few shots (LoraHub: CMA-ES over the mixing weights, a
     logistic-regression head per candidate, no gradient through the base)."""
-    from .compose import compose as run_compose
+    from .workflows.compose import compose as run_compose
 
     r = run_compose(run_dirs, data, out_dir, shots=shots, trials=trials, l1=l1, c=head_c, data_dir=data_dir,
                     text_column=text_column, label_column=label_column, max_eval_samples=max_eval_samples,
@@ -617,7 +617,7 @@ def analyze(
                                                                        "it up when given this folder)."),
 ):
     """Intruder dimensions and update ranks of LoRA vs full fine-tuning, per weight matrix (arXiv 2410.21228)."""
-    from .analyze import analyze as run_analysis
+    from .report.analysis import analyze_runs as run_analysis
 
     r = run_analysis(run_dirs, out_dir, top_k=top_k, epsilon=epsilon,
                      on_run=lambda name: err.print(escape(f"analysing {name}"), highlight=False))
@@ -647,7 +647,7 @@ def export_run(
 ):
     """Export a run as a Transformers model folder (adapter merged, predictions verified against emotune)."""
     from .errors import ConfigError
-    from .export import export_merged
+    from .workflows.export import export_merged
 
     if not merged:
         raise ConfigError("only merged export is available: pass --merged")
@@ -677,7 +677,7 @@ def merge_cmd(
     overwrite: bool = typer.Option(False, help="Replace a run in --out."),
 ):
     """Merge LoRA adapters of the same task into a new run, evaluated on validation like any run."""
-    from .merge import merge_runs
+    from .workflows.merge import merge_runs
 
     metrics = merge_runs(run_dirs, out_dir, how=how, weights=weights, density=density, rank=rank,
                          evaluate=evaluate_, data_dir=data_dir, overwrite=overwrite)

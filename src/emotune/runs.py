@@ -237,7 +237,13 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
         labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
         return (*method.build(cfg, labels, fit=False), method)  # its kept tensors: model.safetensors
     if is_classic(cfg.model.name):
-        return build_classic(cfg, num_labels, texts=texts, vocab_file=run_dir / VOCAB if run_dir else None)
+        model, tokenizer = build_classic(cfg, num_labels, texts=texts,
+                                         vocab_file=run_dir / VOCAB if run_dir else None)
+        frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. frozen embeddings
+        model, method, _ = apply_method(model, cfg.method)
+        for p in frozen:  # `full` unfreezes every weight
+            p.requires_grad_(False)
+        return model, tokenizer, method
     model, tokenizer = build_transformer(cfg.model, num_labels)
     model, method, _ = apply_method(model, cfg.method)
     return model, tokenizer, method

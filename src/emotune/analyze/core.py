@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, RunError
-from ..io import write_json, write_text
+from ..io import write_json
 from ..runs import Run
 from .spectra import left_singular_vectors, matrix_stats
 
@@ -34,6 +34,7 @@ class AnalysisResult:
 
     @property
     def markdown(self) -> Path:
+        """Written by ``emotune.report.analysis.analyze_runs`` (the report layer renders analyses)."""
         return self.out / "analysis.md"
 
 
@@ -65,15 +66,17 @@ def split_name(name: str) -> tuple[int | None, str]:
 def method_label(run: Run) -> str:
     """The report's family name plus the rank (defaults filled in): ``LoRA attention, r=8``."""
     from ..methods import METHODS
-    from ..report.collect import method_family
 
     method = run.config.method
+    options = {k: v for k, v in method.items() if k != "name"}
     try:
-        cfg = METHODS.get(method.get("name", "")).make_config({k: v for k, v in method.items() if k != "name"})
+        cfg = METHODS.get(method.get("name", "")).make_config(options)
     except ConfigError:
         cfg = None
     rank = getattr(cfg, "r", None)
-    return method_family(method) + (f", r={rank}" if rank is not None else "")
+    name = method.get("name", "?")
+    family = METHODS.get(name).family_name(options) if name in METHODS else str(name)
+    return family + (f", r={rank}" if rank is not None else "")
 
 
 def run_labels(runs: list[Run]) -> list[str]:
@@ -136,12 +139,7 @@ def analyze(runs: list[str | Path], out: str | Path, *, top_k: int = 10, epsilon
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / ANALYSIS, data)
-    from ..report.analysis import analysis_blocks
-    from ..report.render import Heading, to_markdown
-
-    blocks, figures = analysis_blocks(data, out, level=2)
-    write_text(out / "analysis.md", to_markdown([Heading("Intruder dimensions and update ranks", 1), *blocks]))
-    return AnalysisResult(out, data, figures)
+    return AnalysisResult(out, data)
 
 
 def totals(matrices: list[dict]) -> dict:

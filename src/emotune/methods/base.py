@@ -39,7 +39,7 @@ class Method:
     build: Callable[..., tuple[nn.Module, Any]] | None = None
     """For a method whose model is built from the config rather than trained (zero-shot, ensemble):
     ``build(run_config, label_names, fit=True) -> (model, tokenizer)``. Such a run is evaluated on
-    validation and written without a training loop (``emotune.built``); loading it calls ``build`` with
+    validation and written without a training loop (``emotune.workflows.built``); loading it calls ``build`` with
     ``fit=False`` and copies in the tensors kept in model.safetensors."""
     family: Callable[[dict[str, Any]], str] | str | None = None
     """The name reports group runs of this method under: a text, or ``(method options) -> text``

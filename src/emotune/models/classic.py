@@ -313,10 +313,9 @@ def resolve_options(cfg: RunConfig) -> dict[str, Any]:
 
 def build_classic(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
                   vocab_file: Path | None = None):
-    """(model, tokenizer, method) for a classic model. The vocabulary is built from ``texts`` (the training
-    split) or read from ``vocab_file`` (a run folder's vocab.json)."""
-    from ..methods import apply_method
-
+    """(model, tokenizer) for a classic model, every weight trainable but frozen embeddings (the method,
+    ``full``, is applied by ``runs.build_model``). The vocabulary is built from ``texts`` (the training split)
+    or read from ``vocab_file`` (a run folder's vocab.json)."""
     check_method(cfg)
     o = MODELS.get(cfg.model.name).make_options(dict(cfg.model.options))
     if texts is not None:
@@ -330,9 +329,8 @@ def build_classic(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = 
     encoder = MODELS.get(cfg.model.name).encoder(o, vectors.dim, cfg.data.max_length)
     model = ClassicClassifier(embedding, encoder, num_labels, cfg.model.dropout)
     model.vectors_found = vectors.found  # type: ignore[assignment]  (words with a pretrained vector)
-    model, method, _ = apply_method(model, cfg.method)
-    model.embedding.weight.requires_grad_(not o.freeze_embeddings)  # `full` unfroze everything
-    return model, tokenizer, method
+    model.embedding.weight.requires_grad_(not o.freeze_embeddings)
+    return model, tokenizer
 
 
 def option_help(options_cls: type, own: bool = False) -> dict[str, tuple[Any, str]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import read_json
-from .render import Block, Figure, Heading, Table, Text
+from ..analyze.core import AnalysisResult, analyze
+from ..io import read_json, write_text
+from .render import Block, Figure, Heading, Table, Text, to_markdown
 
 ANALYSIS = "analysis.json"
 
@@ -19,6 +20,14 @@ def find_analyses(dirs: list[str | Path]) -> list[Path]:
 
 def _num(v, digits: int = 2) -> str:
     return "" if v is None else f"{v:,.{digits}f}"
+
+
+def analyze_runs(runs: list, out: str | Path, **options) -> AnalysisResult:
+    """``emotune.analyze.analyze`` (analysis.json), then analysis.md and its plots beside it."""
+    result = analyze(runs, out, **options)
+    blocks, result.figures = analysis_blocks(result.data, result.out, level=2)
+    write_text(result.markdown, to_markdown([Heading("Intruder dimensions and update ranks", 1), *blocks]))
+    return result
 
 
 def analysis_blocks(data: dict, out: Path, *, level: int = 2, prefix: str = "analysis",

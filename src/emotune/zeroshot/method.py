@@ -1,5 +1,6 @@
 """The ``zero-shot`` entry of the method registry: its options are the zero-shot kinds' (``emotune methods``
-lists them). Nothing is applied to a model: the method's ``build`` hook makes it (``emotune.built`` writes the run)."""
+lists them). Nothing is applied to a model: the method's ``build`` hook makes it (``emotune.workflows.built``
+writes the run)."""
 
 from __future__ import annotations
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError, RunError
-from .io import write_json
-from .runs import Run, run_lock, staged_dir
+from ..errors import ConfigError, RunError
+from ..io import write_json
+from ..runs import Run, run_lock, staged_dir
 
 TOLERANCE = 1e-5  # largest allowed difference of a class probability between emotune and the export
 MODELING_FILE = "modeling_emotune.py"
@@ -113,8 +113,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def check_mergeable(run: Run) -> None:
-    from .methods import METHODS
-    from .models import is_classic
+    from ..methods import METHODS
+    from ..models import is_classic
 
     if is_classic(run.config.model.name):
         raise ConfigError(f"{run.path}: {run.config.model.name!r} is a classic emotune model, not a Transformers "
@@ -129,7 +129,7 @@ def check_mergeable(run: Run) -> None:
 
 def merged_model(model: nn.Module, run: Run) -> nn.Module:
     """The run's float32 model with its adapter folded into the encoder's weights (a plain encoder)."""
-    from .methods import merge_adapter
+    from ..methods import merge_adapter
 
     check_mergeable(run)
     name = run.config.method.get("name")

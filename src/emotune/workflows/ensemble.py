@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .methods.base import register_method
+from ..errors import ConfigError
+from ..methods.base import register_method
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _splits(cfg, data_dir: str | None, seen: dict) -> tuple[str, ...]:
     """Fingerprints of the training and validation texts a config reads, from ``data_dir`` (the same files
     may sit elsewhere on another machine); ``seen`` keeps them per data setting, so members that differ only
     in train.seed load the data once."""
-    from .data import load_data
+    from ..data import load_data
 
     data_cfg = dataclasses.replace(cfg.data, data_dir=data_dir)
     key = (repr(data_cfg), cfg.train.seed if data_cfg.seed is None else data_cfg.seed)
@@ -85,15 +85,15 @@ def _splits(cfg, data_dir: str | None, seen: dict) -> tuple[str, ...]:
 
 def _tokens(run) -> tuple:
     """What decides the token ids a run reads."""
-    from .runs import VOCAB
+    from ..runs import VOCAB
 
     vocab = run.path / VOCAB
     return run.config.model.name, run.config.data.max_length, vocab.read_bytes() if vocab.is_file() else None
 
 
 def build_ensemble(cfg, labels: list[str], fit: bool = True):
-    from .methods import METHODS, merge_adapter
-    from .runs import Run, check_weights
+    from ..methods import METHODS, merge_adapter
+    from ..runs import Run, check_weights
 
     options = METHODS.get("ensemble").make_config({k: v for k, v in cfg.method.items() if k != "name"})
     runs = []
@@ -131,7 +131,7 @@ def build_ensemble(cfg, labels: list[str], fit: bool = True):
 
 
 def record_members(options: dict) -> dict:
-    from .runs import weights_sha256
+    from ..runs import weights_sha256
 
     members = options.get("members") or []
     return {**options, "member_sha256": [weights_sha256(m) for m in ([members] if isinstance(members, str)

@@ -25,10 +25,10 @@ from typing import Sequence
 
 import torch
 
-from .errors import ConfigError, RunError
-from .io import save_tensors, write_json, write_text
-from .registry import Registry
-from .runs import BEST, CONFIG, LABELS, METRICS, Run, build_model, run_lock, staged_dir
+from ..errors import ConfigError, RunError
+from ..io import save_tensors, write_json, write_text
+from ..registry import Registry
+from ..runs import BEST, CONFIG, LABELS, METRICS, Run, build_model, run_lock, staged_dir
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float]:
 def lora_options(run: Run):
     """The run's LoRA options (a LoraConfig or a subclass such as LoRA+'s), or a ConfigError when its adapter
     is not a plain LoRA adapter on an untouched base (what ``add_weighted_adapter`` combines)."""
-    from .methods import method_options
-    from .methods.lora import LoraConfig
+    from ..methods import method_options
+    from ..methods.lora import LoraConfig
 
     method, options = method_options(run.config.method)
     if method.shared_adapter is None or not isinstance(options, LoraConfig) or getattr(options, "use_dora", False):
@@ -88,7 +88,7 @@ def lora_options(run: Run):
 
 
 def _check_runs(runs: list[Run]) -> None:
-    from .inference.adapters import check_same_base
+    from ..inference.adapters import check_same_base
 
     for run in runs:
         lora_options(run)
@@ -109,8 +109,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
                overwrite: bool = False) -> dict:
     """Merge LoRA runs of one task into the run folder ``out``; return its metrics (validation when
     ``evaluate``)."""
-    from .inference.engines import SharedLoraEngine
-    from .inference.predictor import Mode
+    from ..inference.engines import SharedLoraEngine
+    from ..inference.predictor import Mode
 
     comb = COMBINATIONS.get(how)
     if len(run_dirs) < 2:
@@ -152,7 +152,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
         write_text(tmp / CONFIG, cfg.to_yaml())
         write_json(tmp / LABELS, runs[0].labels)
         save_tensors(tmp / BEST, tensors)
-        from .train.metrics import parameter_counts
+        from ..train.metrics import parameter_counts
 
         write_json(tmp / METRICS, {
             "completed": True,
@@ -160,7 +160,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
                             "combination_type": comb.peft_name, "density": density, "rank": int(merged_cfg.r)},
             "train": {**parameter_counts(model), "precision": "fp32"}})
         if evaluate:
-            from .api import evaluate as evaluate_run
+            from ..inference.evaluate import evaluate as evaluate_run
 
             evaluate_run(tmp, "validation", data_dir=data_dir, precision="fp32")
     return Run.open(out).metrics
@@ -169,7 +169,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "l
 def merged_config(runs: list[Run], peft_cfg):
     """The first run's configuration with the merged adapter's LoRA settings (rank, alpha, targets), training
     every base tensor any of the runs trained."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     options = [lora_options(r) for r in runs]
     biases = {o.bias for o in options}

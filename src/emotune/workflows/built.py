@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import RunConfig
-from .data import load_data
-from .data.encode import Encoded, encode
-from .io import save_tensors, write_json, write_text
+from ..config import RunConfig
+from ..data import load_data
+from ..data.encode import Encoded, encode
+from ..io import save_tensors, write_json, write_text
 
 
 class _Counting(nn.Module):
@@ -39,7 +39,7 @@ def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     """Build the model a config describes (its method's ``build`` hook, e.g. ``{name: zero-shot, how: ...}``),
     evaluate it on the validation split and write the run folder ``out``; return its metrics. The folder is
     written beside ``out`` and swapped in when complete: a failure leaves what was there untouched."""
-    from .runs import prepare_run_dir, resolve_config, run_lock, staged_dir
+    from ..runs import prepare_run_dir, resolve_config, run_lock, staged_dir
 
     out = Path(out)
     cfg = resolve_config(cfg)
@@ -52,13 +52,13 @@ def write_built_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
 
 
 def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
-    from .inference.predictor import prepare_model, resolve_mode
-    from .methods import METHODS
-    from .progress import training_progress
-    from .runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history, write_predictions
-    from .train.evaluate import evaluate_classifier
-    from .train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
-    from .train.precision import resolve_device
+    from ..inference.predictor import prepare_model, resolve_mode
+    from ..methods import METHODS
+    from ..progress import training_progress
+    from ..runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history, write_predictions
+    from ..train.evaluate import evaluate_classifier
+    from ..train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
+    from ..train.precision import resolve_device
 
     start = time.perf_counter()
     reset_peak_memory(resolve_device(cfg.train.device))  # this run's own peak

@@ -30,15 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import DataConfig, RunConfig
-from .data import load_data
-from .data.encode import Encoded, encode
-from .errors import ConfigError, DataError, RunError
-from .io import load_tensors, save_tensors, write_json, write_text
-from .runs import BEST, CONFIG, LABELS, Run, build_model, predictions_file, write_predictions
-from .train.evaluate import evaluate_classifier, predict_logits
-from .train.metrics import parameter_counts
-from .train.precision import resolve_device
+from ..config import DataConfig, RunConfig
+from ..data import load_data
+from ..data.encode import Encoded, encode
+from ..errors import ConfigError, DataError, RunError
+from ..io import load_tensors, save_tensors, write_json, write_text
+from ..runs import BEST, CONFIG, LABELS, Run, build_model, predictions_file, write_predictions
+from ..train.evaluate import evaluate_classifier, predict_logits
+from ..train.metrics import parameter_counts
+from ..train.precision import resolve_device
 
 # Methods whose saved weights are plain LoRA factors on an unchanged base (PiSSA-style inits change the base,
 # DoRA adds magnitudes: mixing their factors would not rebuild what they trained).
@@ -84,7 +84,7 @@ class Candidate:
 # ---- the adapters ----------------------------------------------------------------------------------------
 
 def _lora_config(run: Run):
-    from .methods import METHODS
+    from ..methods import METHODS
 
     name = run.config.method.get("name")
     if name not in COMPOSABLE:
@@ -131,7 +131,7 @@ def load_sources(paths: list[str | Path]) -> tuple[list[Source], dict]:
         factors = {n: w * ratio if FACTOR.search(n).group(1) == "B" else w for n, w in factors.items()}
         extras = {n: w.float() for n, w in weights.items() if n not in factors and not n.startswith("head.")}
         sources.append(Source(run, factors, extras, bool(getattr(cfg, "train_norm", False))))
-    from .methods.lora import LoraConfig
+    from ..methods.lora import LoraConfig
 
     method = {"name": "lora", **{f.name: getattr(first_cfg, f.name) for f in dataclasses.fields(LoraConfig)
                                  if hasattr(first_cfg, f.name)}}
@@ -292,7 +292,7 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
     ``on_trial(number, objective)`` is called after each trial."""
     import optuna
 
-    from .runs import prepare_run_dir, run_lock, staged_dir
+    from ..runs import prepare_run_dir, run_lock, staged_dir
 
     if trials < 1:
         raise ConfigError("--trials must be at least 1")
