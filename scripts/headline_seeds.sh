@@ -16,7 +16,7 @@
 # best checkpoint and training time, mean ± std over the seeds. Only these configurations' test
 # splits are read; nothing is chosen on test. `emotune report RUNS_DIR --out DIR` reports the runs.
 # Training times are only comparable on an otherwise idle machine: progress.log records the load average
-# (1/5/15 min) at the start and end of every run.
+# (1/5/15 min) at the start and end of every run, and the code's commit (-dirty: uncommitted edits) it started on.
 set -uo pipefail
 
 DATA=${1:?usage: headline_seeds.sh DATA_DIR RUNS_DIR [SEED ...]}
@@ -54,7 +54,7 @@ for row in $ROWS; do
         log="$RUNS/logs/$row-seed$seed.log"
         if finished "$out"; then echo "$row seed $seed: done already ($out)"; continue; fi
         for attempt in 1 2; do
-            echo "$(date -u +%FT%TZ) $row seed $seed (attempt $attempt) -> $out; load $(cut -d' ' -f1-3 /proc/loadavg)" \
+            echo "$(date -u +%FT%TZ) $row seed $seed (attempt $attempt) -> $out; load $(cut -d' ' -f1-3 /proc/loadavg); code $(git -C "$HERE" describe --always --dirty 2>/dev/null)" \
                 | tee -a "$RUNS/logs/progress.log"
             start=$(date +%s)
             # shellcheck disable=SC2046
