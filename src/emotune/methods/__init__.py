@@ -3,7 +3,7 @@ training it (zero-shot, ensemble) register from their own packages (see ``emotun
 
 from . import dora, full, ia3, loftq, lora, loraplus, pissa, prefix, prompt, qlora, vera  # noqa: F401, I001
 from .base import METHODS, Method, apply_method, lr_scales, method_options, option_help, register_method
-from .peft_common import merge_adapter
+from .folding import merge_adapter
 
 __all__ = ["METHODS", "Method", "apply_method", "lr_scales", "merge_adapter", "method_options", "option_help",
            "register_method"]

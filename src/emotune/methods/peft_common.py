@@ -1,5 +1,4 @@
-"""What the PEFT-based methods share: which modules to adapt, wrapping the encoder, training the norms, and
-folding a trained adapter back into the base weights for inference."""
+"""What the PEFT-based methods share: which modules to adapt, wrapping the encoder, training the norms."""
 
 from __future__ import annotations
 
@@ -48,19 +47,3 @@ def unfreeze_norms(model: nn.Module) -> None:
         if isinstance(m, NORM_TYPES):
             for p in m.parameters():
                 p.requires_grad_(True)
-
-
-def merge_adapter(model: nn.Module) -> nn.Module:
-    """Fold a PEFT adapter into the encoder's weights (one plain encoder, no adapter branch) where PEFT can:
-    the LoRA family, (IA)^3, VeRA. A 4-bit (QLoRA) encoder becomes a float one, its weights dequantized and
-    the adapter added. Prefix and prompt tuning stay as they are (their virtual tokens are no weight update)."""
-    from .qlora import dequantize_merge, is_quantized
-
-    encoder = getattr(model, "encoder", None)
-    if encoder is None:
-        return model
-    if is_quantized(encoder):
-        model.encoder = dequantize_merge(encoder)
-    elif hasattr(encoder, "merge_and_unload"):  # prompt-learning PeftModels have none
-        model.encoder = encoder.merge_and_unload()
-    return model
