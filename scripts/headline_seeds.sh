@@ -10,7 +10,8 @@
 #   full  full fine-tuning:            ... --method full --set model.pooling=pooler --epochs 3 --test --seed S
 # Each run goes to RUNS_DIR/<row>-seed<S> (log: RUNS_DIR/logs/<row>-seed<S>.log). A finished run
 # (metrics.json with a test section) is kept and not trained again; an interrupted one resumes. A run
-# that fails is retried once after two minutes. Keep RUNS_DIR outside the repository.
+# that fails is retried once after two minutes (a trained run whose test evaluation failed: that evaluation,
+# `emotune evaluate RUN --split test`, the same as --test). Keep RUNS_DIR outside the repository.
 # At the end it prints the machine line (benchmarks/machine.py) and the table of
 # benchmarks/headline_summary.py: validation accuracy, test accuracy, test weighted F1, steps to the
 # best checkpoint and training time, mean ± std over the seeds. Only these configurations' test
@@ -53,6 +54,12 @@ for row in $ROWS; do
         out="$RUNS/$row-seed$seed"
         log="$RUNS/logs/$row-seed$seed.log"
         if finished "$out"; then echo "$row seed $seed: done already ($out)"; continue; fi
+        if [ -f "$out/metrics.json" ]; then
+            # Trained, but the test evaluation did not happen (it failed or was interrupted): what --test does.
+            echo "$(date -u +%FT%TZ) $row seed $seed: trained, evaluating on test" | tee -a "$RUNS/logs/progress.log"
+            emotune evaluate "$out" --split test --data-dir "$DATA" >>"$log" 2>&1
+            finished "$out" && continue
+        fi
         for attempt in 1 2; do
             echo "$(date -u +%FT%TZ) $row seed $seed (attempt $attempt) -> $out; load $(cut -d' ' -f1-3 /proc/loadavg); code $(git -C "$HERE" describe --always --dirty 2>/dev/null)" \
                 | tee -a "$RUNS/logs/progress.log"
@@ -64,6 +71,10 @@ for row in $ROWS; do
             echo "$(date -u +%FT%TZ) $row seed $seed: exit $rc after $(( $(date +%s) - start )) s; load $(cut -d' ' -f1-3 /proc/loadavg)" \
                 | tee -a "$RUNS/logs/progress.log"
             [ $rc -eq 0 ] && break
+            if [ -f "$out/metrics.json" ] && ! finished "$out"; then  # trained; the test evaluation failed
+                sleep 120
+                emotune evaluate "$out" --split test --data-dir "$DATA" >>"$log" 2>&1 && break
+            fi
             [ $attempt -eq 1 ] && sleep 120
         done
     done
