@@ -23,6 +23,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from emotune import api, runs
     from emotune.config import RunConfig
+    from emotune.tasks.classification import Classification
 
     stage, config, out = sys.argv[1:]
 
@@ -36,9 +37,9 @@ KILLER = textwrap.dedent("""
         return wrapped
 
     if stage == "after-training":  # the loop is done; the final validation predictions are not written
-        api.evaluate_classifier = die
+        api.evaluate_model = die
     elif stage == "after-predictions":  # predictions written; the final metrics are not
-        api.write_predictions = then_die(api.write_predictions)
+        Classification.write_predictions = then_die(Classification.write_predictions)
     elif stage == "after-metrics":  # metrics written; the checkpoint is not removed yet
         runs.Run.update_metrics = then_die(runs.Run.update_metrics)
     api.train(RunConfig.from_yaml(config), out, progress=False)

@@ -8,7 +8,7 @@ import pytest
 from emotune.config import DataConfig, RunConfig
 from emotune.data import load_data
 from emotune.errors import ConfigError, DataError
-from emotune.train.metrics import check_metric, classification_metrics
+from emotune.tasks import CLASSIFICATION, classification_metrics
 
 MR_PER_CLASS = 5010  # the lab split takes the first 5,000 of each class: 10 per class are left for test
 
@@ -220,11 +220,11 @@ def test_f1_pn_on_a_hand_example():
 
 
 def test_f1_pn_metric_check():
-    check_metric("f1_pn", ["negative", "positive"])
+    CLASSIFICATION.check_metric("f1_pn", ["negative", "positive"])
     with pytest.raises(ConfigError, match="positive and negative"):
-        check_metric("f1_pn", ["sadness", "joy"])
+        CLASSIFICATION.check_metric("f1_pn", ["sadness", "joy"])
     with pytest.raises(ConfigError, match="unknown validation metric"):
-        check_metric("avgrec", ["negative", "positive"])
+        CLASSIFICATION.check_metric("avgrec", ["negative", "positive"])
 
 
 def test_metric_tables_show_avgrec_and_f1_pn_only_when_present(capsys):

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
 from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
@@ -26,9 +24,9 @@ from .runs import (
     replace_dir,
     resolve_config,
     run_lock,
-    write_predictions,
 )
-from .train.evaluate import evaluate_classifier
+from .tasks import task_for
+from .train.evaluate import evaluate_model
 from .train.loop import Trainer, TrainResult
 
 
@@ -73,13 +71,13 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
-                      lr_scales=lr_scales(cfg.method, model))
+                      lr_scales=lr_scales(cfg.method, model), task=task_for(cfg))
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
-    _, logits = evaluate_classifier(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
-                                    trainer.device, tokenizer.pad_token_id or 0, trainer.dtype)
-    write_predictions(out / predictions_file("validation"), val_split.texts, val_split.labels,
-                      torch.softmax(logits, -1), data.label_names)
+    _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
+                               trainer.device, tokenizer.pad_token_id or 0, trainer.dtype, trainer.task)
+    trainer.task.write_predictions(out / predictions_file("validation"), val_split.texts, val_split.labels, logits,
+                                   data.label_names)
     metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
         train=result.summary, validation=result.best_metrics)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -230,6 +228,7 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
     ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s."""
     from .methods import METHODS, apply_method
     from .models import build_classic, build_transformer, is_classic
+    from .tasks import task_for
 
     torch.manual_seed(cfg.train.seed)
     method = METHODS.get(cfg.method.get("name", ""))
@@ -237,14 +236,14 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
         labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
         return (*method.build(cfg, labels, fit=False), method)  # its kept tensors: model.safetensors
     if is_classic(cfg.model.name):
-        model, tokenizer = build_classic(cfg, num_labels, texts=texts,
+        model, tokenizer = build_classic(cfg, num_labels, texts=texts, task=task_for(cfg),
                                          vocab_file=run_dir / VOCAB if run_dir else None)
         frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. frozen embeddings
         model, method, _ = apply_method(model, cfg.method)
         for p in frozen:  # `full` unfreezes every weight
             p.requires_grad_(False)
         return model, tokenizer, method
-    model, tokenizer = build_transformer(cfg.model, num_labels)
+    model, tokenizer = build_transformer(cfg.model, num_labels, task_for(cfg))
     model, method, _ = apply_method(model, cfg.method)
     return model, tokenizer, method
 
@@ -274,6 +273,13 @@ class Run:
             raise RunError(f"{run.path}: the {role + ' ' if role else ''}run has not finished training "
                            f"({run.status()})")
         return run
+
+    @property
+    def task(self):
+        """What the run predicts (``emotune.tasks``): its head, loss, metrics and output format."""
+        from .tasks import task_for
+
+        return task_for(self.config)
 
     @property
     def metrics(self) -> dict:
@@ -320,19 +326,6 @@ class Run:
         metrics = {**self.metrics, **sections}
         write_json(self.path / METRICS, metrics)
         return metrics
-
-
-def write_predictions(path: Path, texts: list[str], gold: list[int] | None, probs: torch.Tensor,
-                      labels: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["text", "label", "predicted", "confidence", *[f"p_{name}" for name in labels]])
-    pred = probs.argmax(-1).tolist()
-    for i, text in enumerate(texts):
-        row = probs[i].tolist()
-        w.writerow([text, labels[gold[i]] if gold is not None else "", labels[pred[i]], f"{max(row):.6f}",
-                    *[f"{p:.6f}" for p in row]])
-    write_text(path, buf.getvalue())
 
 
 READ_ERRORS = (EmotuneError, ValueError, OSError)

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from ..progress import console
 from ..runs import read_history
-from ..train.metrics import is_better
+from ..tasks import is_better
 
 STATUS_STYLE = {"done": "green", "skipped": "dim", "failed": "red", "interrupted": "yellow", "pruned": "yellow"}
 COUNTED = ("done", "skipped", "failed", "pruned")

@@ -40,7 +40,7 @@ from ..errors import ConfigError, RunError
 from ..io import read_json, write_json, write_text
 from ..registry import Registry
 from ..runs import CHECKPOINT, CONFIG, METRICS, read_history, resolve_config, same_config
-from ..train.metrics import HIGHER_IS_BETTER
+from ..tasks import HIGHER_IS_BETTER
 from .settings import apply_settings, config_from, format_value, labels, load_spec
 
 FILE_KEYS = {"study", "base", "objective", "sampler", "pruner", "storage", "space"}

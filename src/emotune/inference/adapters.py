@@ -121,7 +121,8 @@ class AdapterSet:
         """Per text: the adapter's predicted label and every class's probability."""
         texts = list(texts)
         check_texts(texts)
-        return format_predictions(texts, self.probabilities(texts, adapter), self.labels(adapter))
+        return format_predictions(texts, self.probabilities(texts, adapter), self.labels(adapter),
+                                  self._run(adapter).task)
 
     def predict_mixed(self, items: Sequence[tuple[str, str]]) -> list[dict]:
         """``[(adapter, text), ...]`` -> one prediction per item, in input order, each naming its adapter.

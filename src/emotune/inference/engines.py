@@ -23,6 +23,7 @@ from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
 from ..runs import BEST, Run
+from ..tasks import Task
 from ..train.precision import autocast, resolve_device
 from .predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
 
@@ -129,7 +130,7 @@ class PredictorEngine(Engine):
         self.tokenizer_lock = threading.Lock()
 
     def probabilities(self, key: str, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        return torch.softmax(self.predictor.logits_from_ids(ids), -1)
+        return self.predictor.run.task.outputs(self.predictor.logits_from_ids(ids))
 
     def modules(self) -> list[nn.Module]:
         return [self.predictor.model]
@@ -141,6 +142,7 @@ class _Adapter:
     model: nn.Module  # TransformerClassifier sharing the engine's encoder, with its own head
     overrides: dict[str, torch.Tensor]
     n_labels: int
+    task: Task
 
 
 class SharedLoraEngine(Engine):
@@ -200,7 +202,7 @@ class SharedLoraEngine(Engine):
             if expected - loaded:
                 raise RunError(f"{run.path / BEST}: adapter weights missing ({sorted(expected - loaded)[:2]})")
             override_names |= set(overrides)
-            self.adapters[key] = _Adapter(key, model, overrides, len(run.labels))
+            self.adapters[key] = _Adapter(key, model, overrides, len(run.labels), run.task)
         # Every adapter restores every overridden tensor: what it did not train comes from the base.
         pristine = {n: params[n].detach().float().clone() for n in override_names}
         for a in self.adapters.values():
@@ -249,7 +251,7 @@ class SharedLoraEngine(Engine):
                 with autocast(self.device, self.mode.compute):
                     logits = adapter.model(**{k: v.to(self.device) for k, v in b.items()})
                 out[idx] = logits[: len(idx)].float().cpu()
-        return torch.softmax(out, -1)
+        return adapter.task.outputs(out)
 
     def modules(self) -> list[nn.Module]:
         return [a.model for a in self.adapters.values()]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..data import load_data
 from ..data.encode import Encoded, encode
 from ..errors import DataError
-from ..runs import Run, predictions_file, run_lock, write_predictions
-from ..train.evaluate import evaluate_classifier
+from ..runs import Run, predictions_file, run_lock
+from ..train.evaluate import evaluate_model
 from .predictor import Predictor
 
 
@@ -33,10 +31,9 @@ def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None)
         raise DataError(f"the data's labels {data.label_names} differ from the run's {run.labels}")
     predictor = Predictor(run, precision=precision, batch_size=run.config.train.eval_batch_size)
     enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
-    metrics, logits = evaluate_classifier(predictor.model, enc, run.labels, predictor.batch_size,
-                                          predictor.device, predictor.pad_id, predictor.dtype)
+    metrics, logits = evaluate_model(predictor.model, enc, run.labels, predictor.batch_size, predictor.device,
+                                     predictor.pad_id, predictor.dtype, run.task)
     metrics["precision"] = predictor.precision  # the inference mode these figures come from
-    write_predictions(run.path / predictions_file(split), part.texts, part.labels,
-                      torch.softmax(logits, -1), run.labels)
+    run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels)
     run.update_metrics(**{split: metrics})
     return metrics

@@ -1,5 +1,5 @@
 """The one place texts are checked before inference and predictions are shaped for users (library, CLI,
-server, adapter sets)."""
+server, adapter sets): the run's task formats each row."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..errors import DataError
+from ..tasks import Task
 
 
 def check_texts(texts: Sequence[str]) -> None:
@@ -16,12 +17,6 @@ def check_texts(texts: Sequence[str]) -> None:
             raise DataError(f"text {i + 1} is empty")
 
 
-def format_outputs(probs: torch.Tensor, labels: list[str]) -> list[dict]:
-    """Per row: the most probable label and every label's probability."""
-    return [{"label": labels[int(p.argmax())], "probabilities": {name: float(v) for name, v in zip(labels, p.tolist())}}
-            for p in probs]
-
-
-def format_predictions(texts: Sequence[str], probs: torch.Tensor, labels: list[str]) -> list[dict]:
-    """``format_outputs`` with each row's text first."""
-    return [{"text": t, **row} for t, row in zip(texts, format_outputs(probs, labels))]
+def format_predictions(texts: Sequence[str], outputs: torch.Tensor, labels: list[str], task: Task) -> list[dict]:
+    """The task's row format (label and probabilities for classification), each row's text first."""
+    return [{"text": t, **row} for t, row in zip(texts, task.format(outputs, labels))]

@@ -267,14 +267,14 @@ class Predictor:
         return self.logits_from_ids(self.encode(texts))
 
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
-        """Class probabilities, one row per text, columns in ``labels`` order."""
-        return torch.softmax(self.logits(texts), -1)
+        """The run's task outputs (class probabilities), one row per text, columns in ``labels`` order."""
+        return self.run.task.outputs(self.logits(texts))
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Per text: the predicted label and every class's probability."""
         texts = list(texts)
         check_texts(texts)
-        return format_predictions(texts, self.probabilities(texts), self.labels)
+        return format_predictions(texts, self.probabilities(texts), self.labels, self.run.task)
 
 
 def pad_batch(b: dict[str, torch.Tensor], length_multiple: int, batch_multiple: int,

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from ..config import RunConfig, _coerce
 from ..errors import ConfigError, RunError
 from ..registry import Registry
+from ..tasks import Task, task_for
 from .vectors import GLOVE_6B_50D, RANDOM, load_vectors
 from .vocab import WordTokenizer
 
@@ -204,12 +205,13 @@ def _positions(max_length: int, dim: int) -> nn.Embedding:
 class ClassicClassifier(nn.Module):
     """embedding -> encoder -> dropout -> linear head (logits)."""
 
-    def __init__(self, embedding: nn.Embedding, encoder: nn.Module, num_labels: int, dropout: float):
+    def __init__(self, embedding: nn.Embedding, encoder: nn.Module, num_labels: int, dropout: float,
+                 task: Task | None = None):
         super().__init__()
         self.embedding = embedding
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.out_dim, num_labels)
+        self.head = (task or task_for()).head(encoder.out_dim, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.encoder(self.embedding(input_ids), attention_mask)))
@@ -312,7 +314,7 @@ def resolve_options(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_classic(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
-                  vocab_file: Path | None = None):
+                  vocab_file: Path | None = None, task: Task | None = None):
     """(model, tokenizer) for a classic model, every weight trainable but frozen embeddings (the method,
     ``full``, is applied by ``runs.build_model``). The vocabulary is built from ``texts`` (the training split)
     or read from ``vocab_file`` (a run folder's vocab.json)."""
@@ -327,7 +329,7 @@ def build_classic(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = 
     vectors = load_vectors(tokenizer.words, o.embeddings, o.embedding_dim, cfg.train.seed)
     embedding = nn.Embedding.from_pretrained(vectors.weights, freeze=o.freeze_embeddings, padding_idx=0)
     encoder = MODELS.get(cfg.model.name).encoder(o, vectors.dim, cfg.data.max_length)
-    model = ClassicClassifier(embedding, encoder, num_labels, cfg.model.dropout)
+    model = ClassicClassifier(embedding, encoder, num_labels, cfg.model.dropout, task)
     model.vectors_found = vectors.found  # type: ignore[assignment]  (words with a pretrained vector)
     model.embedding.weight.requires_grad_(not o.freeze_embeddings)
     return model, tokenizer

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..tasks import Task, task_for
 
 
 def _minilm_path() -> str:
@@ -31,17 +32,17 @@ def resolve_model_path(name: str) -> str:
 
 
 class TransformerClassifier(nn.Module):
-    """encoder -> pooled sentence vector -> dropout -> linear layer (logits)."""
+    """encoder -> pooled sentence vector -> dropout -> the task's head (a linear layer: logits)."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str = "mean",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, task: Task | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.head = (task or task_for()).head(hidden_size, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -136,7 +137,7 @@ def _restore_capped(factory, args, state, limit):
     return cap_max_length(obj, limit)
 
 
-def build_transformer(cfg: ModelConfig, num_labels: int):
+def build_transformer(cfg: ModelConfig, num_labels: int, task: Task | None = None):
     """(model, tokenizer) for a pretrained encoder named by alias, folder or hub id. Weights load from
     safetensors only; the tokenizer truncates to at most the encoder's position embeddings."""
     from transformers import AutoModel, AutoTokenizer
@@ -155,5 +156,5 @@ def build_transformer(cfg: ModelConfig, num_labels: int):
         raise ConfigError(f"model {cfg.name!r} has no pooler layer; use pooling mean or cls")
     if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # unused: it would only hold dead weights
-    model = TransformerClassifier(encoder, encoder.config.hidden_size, num_labels, cfg.pooling, cfg.dropout)
+    model = TransformerClassifier(encoder, encoder.config.hidden_size, num_labels, cfg.pooling, cfg.dropout, task)
     return model, tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..runs import predictions_file
-from ..train.metrics import HIGHER_IS_BETTER
+from ..tasks import HIGHER_IS_BETTER
 from . import plots, tables
 from .analysis import report_section
 from .collect import Collection, Entry, choose, collect, hyper_label, sort_key, varying

@@ -15,8 +15,8 @@ from typing import Any, Callable
 from ..errors import RunError
 from ..experiments.settings import flatten, labels
 from ..models import is_classic
-from ..runs import READ_ERRORS, Run, find_runs, read_history, unreadable
-from ..train.metrics import HIGHER_IS_BETTER
+from ..runs import METRICS, READ_ERRORS, Run, find_runs, read_history, unreadable
+from ..tasks import HIGHER_IS_BETTER
 
 # Config keys that never distinguish runs in a table (where the data lives, how many threads ran).
 IGNORED_KEYS = {"data.data_dir", "train.threads", "train.device", "train.checkpoint"}
@@ -101,7 +101,7 @@ def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -
             metrics = run.metrics
             history = read_history(path)  # history.jsonl, or an older run's history.json
             if not isinstance(metrics, dict) or not isinstance(history, list):
-                raise ValueError(f"{'metrics.json' if not isinstance(metrics, dict) else 'its history'} "
+                raise ValueError(f"{METRICS if not isinstance(metrics, dict) else 'its history'} "
                                  "does not hold what a run writes")
             flat = {k: v for k, v in flatten(run.config.to_dict()).items() if k not in IGNORED_KEYS}
         except READ_ERRORS as e:

@@ -40,7 +40,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..inference.engines import ModelRegistry, valid_name
-from ..inference.format import format_outputs
 from ..version import __version__
 from .batcher import Closed, MicroBatcher, QueueFull
 from .docs import docs_html
@@ -388,7 +387,7 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
         if bad:
             raise ApiError(500, "non_finite_output", f"model {name!r} gave a non-finite probability for text "
                                                      f"{bad[0] + 1}; no answer is sent for this request")
-        return JSONResponse({"model": name, "predictions": format_outputs(probs, labels)})
+        return JSONResponse({"model": name, "predictions": registry[name].run.task.format(probs, labels)})
 
     @app.get("/v1/models", summary="Loaded models")
     async def models():

@@ -3,12 +3,11 @@ labels. Used by training (validation), evaluation of finished runs, zero-shot bu
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..data.encode import Encoded, batches, collate
-from .metrics import classification_metrics
+from ..tasks import CLASSIFICATION, Task
 from .precision import autocast
 
 
@@ -34,11 +33,9 @@ def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device: tor
     return out
 
 
-def evaluate_classifier(model: nn.Module, data: Encoded, label_names: list[str], batch_size: int,
-                        device: torch.device, pad_id: int = 0,
-                        dtype: torch.dtype = torch.float32) -> tuple[dict, torch.Tensor]:
+def evaluate_model(model: nn.Module, data: Encoded, label_names: list[str], batch_size: int, device: torch.device,
+                   pad_id: int = 0, dtype: torch.dtype = torch.float32,
+                   task: Task = CLASSIFICATION) -> tuple[dict, torch.Tensor]:
+    """(the task's metrics, the logits) of ``model`` on ``data``."""
     logits = predict_logits(model, data, batch_size, device, pad_id, dtype)
-    labels = torch.tensor(data.labels)
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    preds = logits.argmax(-1).numpy()
-    return classification_metrics(np.asarray(data.labels), preds, label_names, loss), logits
+    return task.metrics(logits, data.labels, label_names), logits

@@ -28,8 +28,9 @@ from ..data.encode import Encoded, batches, collate
 from ..errors import ConfigError, Interrupted, RunError
 from ..io import append_jsonl, load_tensors, save_tensors
 from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
-from .evaluate import evaluate_classifier
-from .metrics import check_metric, is_better, parameter_counts, peak_memory_mb, reset_peak_memory
+from ..tasks import Task, is_better, task_for
+from .evaluate import evaluate_model
+from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 from .precision import MasterWeights, autocast, resolve_device, resolve_precision
 
 
@@ -125,8 +126,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train: Encoded, validation: Encoded, label_names: list[str],
                  cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
                  progress: bool = True, on_step: Callable[[int], bool] | None = None,
-                 on_evaluate: Callable[[int, dict], None] | None = None, lr_scales: dict[str, float] | None = None):
-        check_metric(cfg.metric, label_names)
+                 on_evaluate: Callable[[int, dict], None] | None = None, lr_scales: dict[str, float] | None = None,
+                 task: Task | None = None):
+        self.task = task or task_for()
+        self.task.check_metric(cfg.metric, label_names)
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.train_data, self.val_data, self.label_names = train, validation, label_names
         self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id
@@ -207,8 +210,8 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        metrics, _ = evaluate_classifier(self.model, self.val_data, self.label_names, self.cfg.eval_batch_size,
-                                         self.device, self.pad_id, self.dtype)
+        metrics, _ = evaluate_model(self.model, self.val_data, self.label_names, self.cfg.eval_batch_size,
+                                    self.device, self.pad_id, self.dtype, self.task)
         return metrics
 
     def fit(self) -> TrainResult:
@@ -292,7 +295,7 @@ class Trainer:
         labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
         with autocast(self.device, self.dtype):
             logits = self.model(**batch)
-        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weights)
+        loss = self.task.loss(logits, labels, self.class_weights)
         self.scaler.scale(loss).backward()
         self.masters.grads_to_masters()
         if self.cfg.max_grad_norm:

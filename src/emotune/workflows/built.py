@@ -55,8 +55,8 @@ def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
     from ..inference.predictor import prepare_model, resolve_mode
     from ..methods import METHODS
     from ..progress import training_progress
-    from ..runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history, write_predictions
-    from ..train.evaluate import evaluate_classifier
+    from ..runs import BEST, CONFIG, LABELS, Run, predictions_file, write_history
+    from ..train.evaluate import evaluate_model
     from ..train.metrics import parameter_counts, peak_memory_mb, reset_peak_memory
     from ..train.precision import resolve_device
 
@@ -84,11 +84,11 @@ def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
     eval_start = time.perf_counter()
     what = " ".join(str(cfg.method[k]) for k in ("name", "how") if k in cfg.method)
     with training_progress(len(enc), enabled=progress, description=what) as bar:
-        metrics, logits = evaluate_classifier(_Counting(model, bar), enc, data.label_names,
-                                              cfg.train.eval_batch_size, device, pad_id, mode.compute)
+        metrics, logits = evaluate_model(_Counting(model, bar), enc, data.label_names,
+                                         cfg.train.eval_batch_size, device, pad_id, mode.compute, run.task)
     eval_s = time.perf_counter() - eval_start
-    write_predictions(out / predictions_file("validation"), val.texts, val.labels, torch.softmax(logits, -1),
-                      data.label_names)
+    run.task.write_predictions(out / predictions_file("validation"), val.texts, val.labels, logits,
+                               data.label_names)
     runtime = time.perf_counter() - start
     summary = {"runtime_s": runtime, "build_s": runtime - eval_s, "eval_s": eval_s,
                "texts_per_s": len(enc) / max(eval_s, 1e-9), "steps": 0, "best_step": 0,

@@ -35,8 +35,9 @@ from ..data import load_data
 from ..data.encode import Encoded, encode
 from ..errors import ConfigError, DataError, RunError
 from ..io import load_tensors, save_tensors, write_json, write_text
-from ..runs import BEST, CONFIG, LABELS, Run, build_model, predictions_file, write_predictions
-from ..train.evaluate import evaluate_classifier, predict_logits
+from ..runs import BEST, CONFIG, LABELS, Run, build_model, predictions_file
+from ..tasks import task_for
+from ..train.evaluate import evaluate_model, predict_logits
 from ..train.metrics import parameter_counts
 from ..train.precision import resolve_device
 
@@ -362,8 +363,8 @@ def compose(runs: list[str | Path], data: str, out: str | Path, *, shots: int = 
             composer.model.head.bias.copy_(bias)
         logits = {}
         for s, enc in encoded.items():
-            candidate.splits[s], logits[s] = evaluate_classifier(composer.model, enc, labels, 64, composer.device,
-                                                                 composer.tokenizer.pad_token_id or 0)
+            candidate.splits[s], logits[s] = evaluate_model(composer.model, enc, labels, 64, composer.device,
+                                                            composer.tokenizer.pad_token_id or 0)
         if not keep:
             with torch.no_grad():
                 composer.model.head.weight.copy_(saved[0])
@@ -419,7 +420,7 @@ def _save_run(out: Path, cfg: RunConfig, composer: Composer, labels: list[str], 
                  metadata={"composed_from": ",".join(str(s.run.path) for s in sources)})
     for split, lg in logits.items():
         part = dataset[split]
-        write_predictions(out / predictions_file(split), part.texts, part.labels, torch.softmax(lg, -1), labels)
+        task_for(cfg).write_predictions(out / predictions_file(split), part.texts, part.labels, lg, labels)
 
 
 __all__ = ["COMPOSABLE", "ComposeResult", "compose", "cv_log_loss", "fit_head", "lora_scale", "load_sources",

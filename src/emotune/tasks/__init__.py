@@ -1,0 +1,7 @@
+"""What is predicted: each task type one module, registered by name (``TASKS``)."""
+
+from .base import HIGHER_IS_BETTER, TASKS, Task, is_better, register_task, task_for
+from .classification import CLASSIFICATION, Classification, classification_metrics
+
+__all__ = ["CLASSIFICATION", "Classification", "HIGHER_IS_BETTER", "TASKS", "Task", "classification_metrics",
+           "is_better", "register_task", "task_for"]

@@ -1,0 +1,75 @@
+"""What a model predicts: a Task owns its head, its loss, its metrics (and which of them are better higher), how
+outputs look to users and how per-text predictions are written. The training loop, evaluation, inference, the
+server and reports ask the run's task instead of assuming one softmax over classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+HIGHER_IS_BETTER: dict[str, bool] = {}
+"""Every selection metric a registered task offers -> whether higher is better (tasks add theirs)."""
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER.get(metric, True) else value < best
+
+
+class Task:
+    """The single-label, multi-label or regression side of a model (see ``classification.py``)."""
+
+    name = ""
+    metrics_higher_is_better: dict[str, bool] = {}
+    """The metrics ``train.metric`` may select checkpoints on (loss is always there)."""
+
+    def head(self, in_features: int, num_outputs: int) -> nn.Module:
+        """The layer from pooled features to this task's outputs."""
+        return nn.Linear(in_features, num_outputs)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        """What users get from the logits (class probabilities for classification)."""
+        raise NotImplementedError
+
+    def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str]) -> dict:
+        """Every metric of these logits against the gold targets, the loss included."""
+        raise NotImplementedError
+
+    def check_metric(self, metric: str, label_names: list[str]) -> None:
+        if metric not in self.metrics_higher_is_better and metric != "loss":
+            raise ConfigError(f"unknown validation metric {metric!r}; choose one of "
+                              f"{', '.join([*self.metrics_higher_is_better, 'loss'])}")
+
+    def format(self, outputs: torch.Tensor, label_names: list[str]) -> list[dict]:
+        """One dict per row of ``outputs``, as the library, the CLI and the server return predictions."""
+        raise NotImplementedError
+
+    def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence[Any] | None, logits: torch.Tensor,
+                          label_names: list[str]) -> None:
+        """Per-text predictions of a split (``predictions_<split>.csv``)."""
+        raise NotImplementedError
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task) -> Task:
+    TASKS.register(task.name)(task)
+    HIGHER_IS_BETTER.pop("loss", None)
+    HIGHER_IS_BETTER.update({**task.metrics_higher_is_better, "loss": False})  # loss: always there, listed last
+    return task
+
+
+def task_for(cfg: Any = None) -> Task:
+    """The task a run config predicts (single-label classification: the one task so far)."""
+    return TASKS.get(getattr(cfg, "task", None) or "classification")

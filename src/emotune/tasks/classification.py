@@ -1,0 +1,87 @@
+"""Single-label classification: softmax over classes, cross-entropy, accuracy and P/R/F1 (scikit-learn)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+from ..errors import ConfigError
+from ..io import write_text
+from .base import Task, register_task
+
+POLARITY = ("positive", "negative")
+
+
+def has_polarity(label_names: list[str]) -> bool:
+    return all(name in label_names for name in POLARITY)
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str],
+                           loss: float | None = None) -> dict:
+    """Accuracy, weighted and macro P/R/F1, per-class report and confusion matrix; with classes named
+    positive and negative also ``f1_pn``, the mean of their F1 (SemEval-2017 4A's F1^PN)."""
+    labels = list(range(len(label_names)))
+    out: dict = {} if loss is None else {"loss": float(loss)}
+    out["accuracy"] = float(accuracy_score(y_true, y_pred))
+    for avg in ("weighted", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    if has_polarity(label_names):
+        out["f1_pn"] = float(np.mean([f[label_names.index(name)] for name in POLARITY]))
+    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(s[i])} for i, name in enumerate(label_names)}
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+class Classification(Task):
+    name = "classification"
+    # recall_macro is SemEval-2017 4A's AvgRec; f1_pn (its F1^PN) exists only for positive/negative data.
+    metrics_higher_is_better = {"accuracy": True, "f1_weighted": True, "f1_macro": True, "recall_macro": True,
+                                "precision_weighted": True, "f1_pn": True}
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.float(), targets, weight=weight)
+
+    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), -1)
+
+    def metrics(self, logits: torch.Tensor, targets: Sequence[int], label_names: list[str]) -> dict:
+        loss = self.loss(logits, torch.as_tensor(list(targets))).item()
+        return classification_metrics(np.asarray(targets), logits.argmax(-1).numpy(), label_names, loss)
+
+    def check_metric(self, metric: str, label_names: list[str]) -> None:
+        super().check_metric(metric, label_names)
+        if metric == "f1_pn" and not has_polarity(label_names):
+            raise ConfigError(f"train.metric=f1_pn needs classes named positive and negative; this data's labels "
+                              f"are {', '.join(label_names)}")
+
+    def format(self, outputs: torch.Tensor, label_names: list[str]) -> list[dict]:
+        """The most probable label and every label's probability."""
+        return [{"label": label_names[int(p.argmax())],
+                 "probabilities": {name: float(v) for name, v in zip(label_names, p.tolist())}} for p in outputs]
+
+    def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence[int] | None, logits: torch.Tensor,
+                          label_names: list[str]) -> None:
+        """text, gold label, prediction, its confidence and every class's probability."""
+        probs = self.outputs(logits)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["text", "label", "predicted", "confidence", *[f"p_{name}" for name in label_names]])
+        pred = probs.argmax(-1).tolist()
+        for i, text in enumerate(texts):
+            row = probs[i].tolist()
+            w.writerow([text, label_names[gold[i]] if gold is not None else "", label_names[pred[i]],
+                        f"{max(row):.6f}", *[f"{p:.6f}" for p in row]])
+        write_text(path, buf.getvalue())
+
+
+CLASSIFICATION = register_task(Classification())
