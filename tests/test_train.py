@@ -10,7 +10,7 @@ from emotune import api
 from emotune.errors import ConfigError, Interrupted, RunError
 from emotune.io import load_tensors
 from emotune.runs import read_history
-from emotune.train.loop import class_weights
+from emotune.tasks.classification import class_weights
 
 from .conftest import tiny_config, write_emotion_folder
 

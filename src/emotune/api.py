@@ -15,6 +15,7 @@ from .models.vocab import WordTokenizer
 from .runs import (
     CONFIG,
     LABELS,
+    TARGETS,
     VOCAB,
     Run,
     build_model,
@@ -25,7 +26,7 @@ from .runs import (
     resolve_config,
     run_lock,
 )
-from .tasks import task_for
+from .tasks import REGRESSION, target_statistics, task_for
 from .train.evaluate import evaluate_model
 from .train.loop import Trainer, TrainResult
 
@@ -58,11 +59,16 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
 
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
+    task = task_for(cfg)
+    # Regression heads predict around the training targets' mean and spread, kept in the run folder.
+    targets = target_statistics(train_split.labels) if task is REGRESSION else None
     # Classic models build their vocabulary from the training texts and keep it in the run folder.
-    model, tokenizer, _ = build_model(cfg, len(data.label_names), texts=train_split.texts)
+    model, tokenizer, _ = build_model(cfg, len(data.label_names), texts=train_split.texts, targets=targets)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, data.label_names)
+    if targets is not None:
+        write_json(out / TARGETS, targets)
     if isinstance(tokenizer, WordTokenizer):
         tokenizer.save(out / VOCAB)
     enc_train = Encoded(encode(tokenizer, train_split.texts, cfg.data.max_length), train_split.labels)
@@ -71,7 +77,7 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
-                      lr_scales=lr_scales(cfg.method, model), task=task_for(cfg))
+                      lr_scales=lr_scales(cfg.method, model), task=task)
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,

@@ -58,7 +58,9 @@ def _set_typed(cfg, values: dict):
 METRIC_ROWS = [("loss", "loss"), ("accuracy", "accuracy"), ("precision_weighted", "precision (weighted)"),
                ("recall_weighted", "recall (weighted)"), ("f1_weighted", "F1 (weighted)"),
                ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"),
-               ("f1_macro", "F1 (macro)"), ("f1_pn", "F1-PN (mean F1 of positive, negative)")]
+               ("f1_macro", "F1 (macro)"), ("f1_pn", "F1-PN (mean F1 of positive, negative)"),
+               ("pearson", "Pearson r (mean over targets)"), ("spearman", "Spearman rho (mean)"),
+               ("mse", "MSE (mean)"), ("mae", "MAE (mean)")]
 # SemEval-2017 4A's names, shown for positive/negative data (where f1_pn exists).
 SENTIMENT_ROW_NAMES = {"recall_macro": "recall (macro) = AvgRec"}
 TRAIN_ROWS = [("runtime_s", "runtime (s)"), ("steps", "steps"), ("best_step", "steps to best"),
@@ -88,6 +90,10 @@ def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validat
         if any(key in metrics[s] for s in splits):  # f1_pn only exists for positive/negative data
             name = SENTIMENT_ROW_NAMES.get(key, name) if sentiment else name
             table.add_row(name, *[_fmt(metrics[s].get(key)) for s in splits])
+    targets = next((list(metrics[s]["per_target"]) for s in splits if "per_target" in metrics[s]), [])
+    for target in targets:  # regression: each target's Pearson r
+        table.add_row(f"Pearson r, {escape(target)}",
+                      *[_fmt(metrics[s].get("per_target", {}).get(target, {}).get("pearson")) for s in splits])
     if "train" in metrics and "train" not in splits and splits:
         table.add_section()
         for key, name in TRAIN_ROWS:
@@ -107,6 +113,10 @@ def train(
                                                       "(default: $EMOTUNE_DATA_DIR, else the hub)"),
     text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
     label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
+    task: Optional[str] = typer.Option(None, help="classification or regression (default: what the data set "
+                                                  "declares; regression with --target-columns)."),
+    target_columns: Optional[str] = typer.Option(None, help="Regression: numeric target columns of CSV/TSV/JSONL "
+                                                            "data, comma-separated (e.g. V,A,D)."),
     model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id; or a "
                                                    "classic model (`emotune models`: baseline, bilstm...)."),
     method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora; "
@@ -139,7 +149,8 @@ def train(
     if method is not None and method != cfg.method.get("name"):
         cfg.method = {"name": method}
     cfg = _set_typed(cfg, {"data.name": dataset, "data.data_dir": data_dir, "data.text_column": text_column,
-                           "data.label_column": label_column, "model.name": model, "train.lr": lr,
+                           "data.label_column": label_column, "data.task": task,
+                           "data.target_columns": target_columns, "model.name": model, "train.lr": lr,
                            "train.batch_size": batch_size, "train.max_epochs": epochs,
                            "train.max_steps": max_steps, "train.eval_every": eval_every,
                            "train.patience": patience, "train.precision": precision, "train.seed": seed,
@@ -302,10 +313,16 @@ def predict(
         return
     table = Table()
     table.add_column("text", overflow="fold")
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    for r in results:
-        table.add_row(escape(r["text"]), escape(r["label"]), f"{r['probabilities'][r['label']]:.3f}")
+    if results and "values" in results[0]:  # regression: one column per target
+        for name in results[0]["values"]:
+            table.add_column(escape(name), justify="right")
+        for r in results:
+            table.add_row(escape(r["text"]), *[f"{v:.3f}" for v in r["values"].values()])
+    else:
+        table.add_column("label")
+        table.add_column("probability", justify="right")
+        for r in results:
+            table.add_row(escape(r["text"]), escape(r["label"]), f"{r['probabilities'][r['label']]:.3f}")
     out.print(table)
 
 
@@ -454,7 +471,9 @@ def grid(
 def report(
     dirs: list[Path] = typer.Argument(..., help="Folders holding run folders (grids, searches, single runs)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for report.md, report.html, plots, runs.csv."),
-    metric: str = typer.Option("accuracy", help="Validation metric that chooses each family's run."),
+    metric: Optional[str] = typer.Option(None, help="Validation metric that chooses each family's run (default: "
+                                                    "the runs' own train.metric when they share one, else "
+                                                    "accuracy)."),
     examples: int = typer.Option(5, help="Right and wrong test predictions shown per chosen run."),
     seed: int = typer.Option(0, help="Seed for picking the example predictions."),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate a chosen run on test when it has no test "
@@ -470,11 +489,12 @@ def report(
     r = build_report(dirs, out_dir, metric=metric, examples=examples, seed=seed, evaluate_test=test,
                      data_dir=data_dir, title=title, max_columns=max_columns, note=note)
     table = Table(title="chosen on validation")
-    for c in ("family", "run", f"val {metric}", "test accuracy", "test F1 (w)"):
+    shown = [r.metric] + [m for m in ("accuracy", "f1_weighted") if m != r.metric]
+    for c in ("family", "run", f"val {r.metric}", *[f"test {m}" for m in shown]):
         table.add_column(escape(c), justify="left" if c in ("family", "run") else "right")
     for fam, e in r.chosen.items():
-        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", metric)),
-                      _fmt(e.value("test", "accuracy")), _fmt(e.value("test", "f1_weighted")))
+        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", r.metric)),
+                      *[_fmt(e.value("test", m)) for m in shown])
     out.print(table)
     if r.evaluated:
         out.print(escape(f"evaluated on test now: {', '.join(map(str, r.evaluated))}"), highlight=False)

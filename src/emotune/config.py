@@ -46,6 +46,11 @@ class DataConfig:
     cv_fold: int | None = _f(None, "Cross-validation: the fold (0-based, below data.cv_folds) used as the "
                                    "test split; the other folds are the training data. A grid axis over "
                                    "0..cv_folds-1 runs the whole cross-validation.")
+    task: str | None = _f(None, "What is predicted: classification or regression (`emotune tasks`). None: what "
+                                "the data set declares (emobank: regression), regression when target_columns "
+                                "are given, else classification.")
+    target_columns: list[str] = _f([], "Regression: the numeric target columns of a CSV/TSV/JSONL file (e.g. "
+                                       "[V, A, D]); each becomes one output.")
     test_files: list[str] = _f([], "Extra files used as the test split, for data sets that read them "
                                    "(semeval2017a: `id<TAB>label<TAB>text` files); relative paths resolve "
                                    "against the current folder.")
@@ -53,6 +58,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.test_files, str):  # `--set data.test_files=gold.tsv`
             self.test_files = [self.test_files]
+        if isinstance(self.target_columns, str):  # `--target-columns V,A,D`
+            self.target_columns = [c.strip() for c in self.target_columns.split(",") if c.strip()]
         if not isinstance(self.test_files, (list, tuple)):
             raise ConfigError(f"data.test_files must be a list of paths, got {self.test_files!r}")
         # Absolute paths, so `emotune evaluate` finds them from any folder later.
@@ -112,7 +119,8 @@ class TrainConfig:
                               "end of each epoch).")
     metric: str = _f("accuracy", "Validation metric that picks the best checkpoint and drives early stopping "
                                  "(accuracy, f1_weighted, f1_macro, recall_macro (= SemEval's AvgRec), f1_pn "
-                                 "(positive/negative data) or loss).")
+                                 "(positive/negative data) or loss; regression: pearson (its default), "
+                                 "spearman, mse, mae).")
     class_weights: str | None = _f(None, "`balanced`: weigh each class's training loss by n / (classes x its "
                                          "count), as scikit-learn's class_weight='balanced' (lifts the recall "
                                          "of rare classes, i.e. macro recall); None: plain cross-entropy. "

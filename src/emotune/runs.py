@@ -1,7 +1,8 @@
 """Run folders: one folder per run holding everything a report or a server needs.
 
     config.yaml               the resolved configuration (method defaults filled in)
-    labels.json               label names, in the order of the model's outputs
+    labels.json               label names (regression: target names), in the order of the model's outputs
+    targets.json              regression: the training targets' mean and standard deviation
     model.safetensors         best weights: the trainable ones only (adapter + head for PEFT methods)
     vocab.json                classic models: the training words (frozen word vectors are rebuilt from it)
     history.jsonl             every validation evaluation, one JSON line each (older runs: history.json)
@@ -27,9 +28,11 @@ import torch
 from .config import RunConfig
 from .errors import EmotuneError, RunError
 from .io import fsync_dir, load_tensors, read_json, read_jsonl, remove_stale_tmp, write_json, write_text
+from .tasks import task_for
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
 VOCAB = "vocab.json"  # classic models' word vocabulary
+TARGETS = "targets.json"  # regression: the training targets' mean and standard deviation
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "model.safetensors"
@@ -56,7 +59,7 @@ def write_history(folder: Path, history: list[dict]) -> None:
     """Replace the history at once (a resumed run drops evaluations after its checkpoint)."""
     write_text(Path(folder) / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
     (Path(folder) / LEGACY_HISTORY).unlink(missing_ok=True)
-RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB)
+RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB, TARGETS)
 
 try:
     import fcntl
@@ -219,16 +222,39 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
     if resolved.train.warmup_ratio is None:
         resolved.train.warmup_ratio = method.warmup_ratio
+    if resolved.data.task is None:
+        from .data import DATASET_TASKS
+
+        resolved.data.task = DATASET_TASKS.get(resolved.data.name) or (
+            "regression" if resolved.data.target_columns else "classification")
+    task = task_for(resolved)
+    if resolved.train.metric == "accuracy" and "accuracy" not in task.metrics_higher_is_better:
+        resolved.train.metric = task.default_metric  # the default suits classification only
     return resolved
 
 
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
-                run_dir: Path | None = None):
+                run_dir: Path | None = None, targets: dict | None = None):
     """(model, tokenizer, method) as configured, before any training. A classic model (``model.name`` in
-    ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s."""
+    ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s; a
+    regression head takes its target statistics from ``targets`` or ``run_dir``'s targets.json."""
+    model, tokenizer, method = _build_model(cfg, num_labels, texts, run_dir)
+    if targets is None and run_dir is not None and (Path(run_dir) / TARGETS).is_file():
+        targets = read_json(Path(run_dir) / TARGETS)
+    set_target_statistics(model, targets)
+    return model, tokenizer, method
+
+
+def set_target_statistics(model, targets: dict | None) -> None:
+    """Give a regression head its training targets' mean and spread (``targets``: targets.json's content)."""
+    head = getattr(model, "head", None)
+    if targets is not None and hasattr(head, "set_statistics"):
+        head.set_statistics(targets["mean"], targets["std"])
+
+
+def _build_model(cfg: RunConfig, num_labels: int, texts: list[str] | None, run_dir: Path | None):
     from .methods import METHODS, apply_method
     from .models import build_classic, build_transformer, is_classic
-    from .tasks import task_for
 
     torch.manual_seed(cfg.train.seed)
     method = METHODS.get(cfg.method.get("name", ""))
@@ -277,9 +303,13 @@ class Run:
     @property
     def task(self):
         """What the run predicts (``emotune.tasks``): its head, loss, metrics and output format."""
-        from .tasks import task_for
 
         return task_for(self.config)
+
+    @property
+    def target_statistics(self) -> dict | None:
+        """Regression runs: the training targets' mean and standard deviation (targets.json)."""
+        return read_json(self.path / TARGETS) if (self.path / TARGETS).is_file() else None
 
     @property
     def metrics(self) -> dict:

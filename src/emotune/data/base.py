@@ -67,6 +67,8 @@ class Splits:
 
 Loader = Callable[[DataConfig, "Path | None"], Splits]
 DATASETS: Registry[Loader] = Registry("data set")
+DATASET_TASKS: dict[str, str] = {}
+"""Named data sets whose labels are not single classes -> their task (emobank: regression)."""
 
 
 def data_root(cfg: DataConfig) -> Path | None:
@@ -166,6 +168,19 @@ def check_text(text: str, path: Path, line: int) -> str:
     if not text:
         raise DataError("empty text", path, line)
     return text
+
+
+def target_value(value: object, column: str, path: Path, line: int) -> float:
+    """A regression target as a float; missing, non-numeric or non-finite values are errors naming the place."""
+    import math
+
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise DataError(f"target {column!r} is not a number: {value!r}", path, line) from None
+    if not math.isfinite(number):
+        raise DataError(f"target {column!r} is missing or not finite: {value!r}", path, line)
+    return number
 
 
 def label_id(label: str, names: list[str], path: Path, line: int, split: str | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import Split, Splits, check_text, label_id, read_text
+from .base import Split, Splits, check_text, label_id, read_text, target_value
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
@@ -98,14 +98,17 @@ def check_label_spellings(rows: dict[str, list[tuple[int, str, str]]], files: di
                                 "spelt differently: they would be two classes; use one spelling", files[split], n)
 
 
-def _columns(rec: dict, cfg: DataConfig, path: Path, n: int) -> tuple[str, str]:
-    for col in (cfg.text_column, cfg.label_column):
+def _columns(rec: dict, cfg: DataConfig, path: Path, n: int) -> tuple[str, str | list[float]]:
+    """(text, label) or, with data.target_columns (regression), (text, the targets' values)."""
+    for col in (cfg.text_column, *(cfg.target_columns or [cfg.label_column])):
         if col not in rec:
             raise DataError(f"no {col!r} column (columns: {', '.join(map(str, rec))}; "
-                            "choose with --text-column/--label-column)", path, n)
+                            "choose with --text-column/--label-column/--target-columns)", path, n)
     text = rec[cfg.text_column]
     if not isinstance(text, str):
         raise DataError(f"text is not a string: {text!r}", path, n)
+    if cfg.target_columns:
+        return check_text(text, path, n), [target_value(rec[c], c, path, n) for c in cfg.target_columns]
     return check_text(text, path, n), label_text(rec[cfg.label_column], path, n)
 
 
@@ -138,6 +141,9 @@ def load_files(path: Path, cfg: DataConfig) -> Splits:
     for s, recs in rows.items():
         if not recs:
             raise DataError("no examples", files[s])
+    if cfg.target_columns:  # regression: the targets are the outputs
+        return Splits(path.stem, list(cfg.target_columns),
+                      {s: Split([t for _, t, _ in recs], [v for _, _, v in recs]) for s, recs in rows.items()})
     check_label_spellings(rows, files)
     names = _label_names([label for _, _, label in rows["train"]])
     splits: dict[str, Split] = {}

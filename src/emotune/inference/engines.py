@@ -22,7 +22,7 @@ from torch import nn
 from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
-from ..runs import BEST, Run
+from ..runs import BEST, Run, set_target_statistics
 from ..tasks import Task
 from ..train.precision import autocast, resolve_device
 from .predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
@@ -178,7 +178,8 @@ class SharedLoraEngine(Engine):
         for key, run in zip(keys, runs):
             weights, _ = load_tensors(run.path / BEST)
             model = TransformerClassifier(encoder, hidden, len(run.labels), run.config.model.pooling,
-                                          run.config.model.dropout)
+                                          run.config.model.dropout, run.task)
+            set_target_statistics(model, run.target_statistics)
             head = {k[5:]: v for k, v in weights.items() if k.startswith("head.")}
             try:
                 model.head.load_state_dict(head)

@@ -31,23 +31,30 @@ class ReportResult:
     evaluated: list[str] = field(default_factory=list)
     """Runs evaluated on test by this call (the others already had test figures)."""
     figures: list[Path] = field(default_factory=list)
+    metric: str = "accuracy"
+    """The validation metric that chose each family's run."""
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "family"
 
 
-def build_report(dirs: list[str | Path], out: str | Path, *, metric: str = "accuracy", examples: int = 5,
+def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None = None, examples: int = 5,
                  seed: int = 0, evaluate_test: bool = True, data_dir: str | None = None, title: str | None = None,
                  max_columns: int = 12, note: str = "") -> ReportResult:
     """Compare every finished run under ``dirs`` and write ``report.md``, ``report.html``, the plots,
     ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``. An
-    ``analysis.json`` of `emotune analyze` found in ``dirs`` adds its section (see report/analysis.py)."""
-    if metric not in HIGHER_IS_BETTER:
+    ``analysis.json`` of `emotune analyze` found in ``dirs`` adds its section (see report/analysis.py).
+    ``metric`` chooses each family's run; None: the runs' own selection metric (``train.metric``) when they
+    share one, else accuracy."""
+    if metric is not None and metric not in HIGHER_IS_BETTER:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     col = collect(dirs)
+    if metric is None:
+        own = {e.run.config.train.metric for e in col.entries if e.run is not None}
+        metric = own.pop() if len(own) == 1 else "accuracy"
     families = dict(sorted(col.families().items(), key=_family_order))
     chosen = {fam: choose(es, metric) for fam, es in families.items()}
     evaluated = _test_chosen(list(chosen.values()) + col.retrained, evaluate_test, data_dir)
@@ -106,7 +113,7 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str = "accu
     write_text(page, to_html(blocks, title))
     write_text(out / "runs.csv", _runs_csv(col))
     write_json(out / "summary.json", _summary(col, chosen, keys, metric))
-    return ReportResult(md, page, chosen, evaluated, figures)
+    return ReportResult(md, page, chosen, evaluated, figures, metric)
 
 
 def _family_order(item: tuple[str, list[Entry]]) -> tuple:
@@ -158,6 +165,8 @@ def _examples(fam: str, e: Entry, keys: list[str], k: int, seed: int) -> list[Bl
     if not path.is_file():
         return [head, Text(f"No test predictions in `{e.name}`.")]
     preds = tables.read_predictions(path)
+    if preds and "predicted" not in preds[0]:  # regression: gold and predicted value per target
+        return [head, Text(f"Per-text values of every target: `{e.name}/{path.name}`.")]
     wrong = sum(p["label"] != p["predicted"] for p in preds)
     return [head, Text(f"{len(preds) - wrong} right, {wrong} wrong of {len(preds)} test examples."),
             tables.examples_table(preds, k, seed)]

@@ -27,12 +27,19 @@ class Task:
     """The single-label, multi-label or regression side of a model (see ``classification.py``)."""
 
     name = ""
+    default_metric = "loss"
+    """What ``train.metric`` selects checkpoints on unless a run says otherwise."""
     metrics_higher_is_better: dict[str, bool] = {}
     """The metrics ``train.metric`` may select checkpoints on (loss is always there)."""
 
     def head(self, in_features: int, num_outputs: int) -> nn.Module:
         """The layer from pooled features to this task's outputs."""
         return nn.Linear(in_features, num_outputs)
+
+    def loss_weights(self, how: str | None, targets: Sequence[Any], num_outputs: int,
+                     device: torch.device) -> torch.Tensor | None:
+        """Per-output loss weights from the training targets (``train.class_weights``); None: unweighted."""
+        return None
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -71,5 +78,5 @@ def register_task(task: Task) -> Task:
 
 
 def task_for(cfg: Any = None) -> Task:
-    """The task a run config predicts (single-label classification: the one task so far)."""
-    return TASKS.get(getattr(cfg, "task", None) or "classification")
+    """The task a run config predicts (``data.task``; classification when unset)."""
+    return TASKS.get(getattr(getattr(cfg, "data", None), "task", None) or "classification")

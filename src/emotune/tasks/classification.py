@@ -42,11 +42,28 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
     return out
 
 
+def class_weights(how: str | None, labels: list[int], n_classes: int, device: torch.device) -> torch.Tensor | None:
+    """Loss weights per class: None, or `balanced` = n / (classes x count), a class absent from training
+    getting weight 0 (it has no loss term anyway)."""
+    if how is None:
+        return None
+    if how != "balanced":
+        raise ConfigError(f"train.class_weights must be `balanced` or null, got {how!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    weights = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 class Classification(Task):
     name = "classification"
+    default_metric = "accuracy"
     # recall_macro is SemEval-2017 4A's AvgRec; f1_pn (its F1^PN) exists only for positive/negative data.
     metrics_higher_is_better = {"accuracy": True, "f1_weighted": True, "f1_macro": True, "recall_macro": True,
                                 "precision_weighted": True, "f1_pn": True}
+
+    def loss_weights(self, how: str | None, targets: Sequence[int], num_outputs: int,
+                     device: torch.device) -> torch.Tensor | None:
+        return class_weights(how, list(targets), num_outputs, device)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float(), targets, weight=weight)

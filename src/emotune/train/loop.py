@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -51,18 +50,6 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-def class_weights(how: str | None, labels: list[int], n_classes: int, device: torch.device) -> torch.Tensor | None:
-    """Loss weights per class: None, or `balanced` = n / (classes x count), a class absent from training
-    getting weight 0 (it has no loss term anyway)."""
-    if how is None:
-        return None
-    if how != "balanced":
-        raise ConfigError(f"train.class_weights must be `balanced` or null, got {how!r}")
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    weights = np.divide(len(labels), n_classes * counts, out=np.zeros(n_classes), where=counts > 0)
-    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def optimizer_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float,
@@ -153,7 +140,7 @@ class Trainer:
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.warmup_steps = int(round(warmup_ratio * self.total_steps))
         self.lengths = [len(x) for x in train.ids]
-        self.class_weights = class_weights(cfg.class_weights, train.labels, len(label_names), self.device)
+        self.class_weights = self.task.loss_weights(cfg.class_weights, train.labels, len(label_names), self.device)
         self.fingerprint = data_fingerprint(train, label_names)
         self.history: list[dict] = []
 
