@@ -121,3 +121,12 @@ def test_a_short_emobank_run_beats_the_mean(real_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["validation"]["per_target"]["V"]["pearson"] > 0.3
+
+
+def test_cli_lists_the_task_types():
+    from typer.testing import CliRunner
+
+    from emotune.cli import app
+
+    r = CliRunner().invoke(app, ["tasks"])
+    assert r.exit_code == 0 and "classification" in r.output and "regression" in r.output and "pearson" in r.output

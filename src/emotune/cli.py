@@ -401,6 +401,18 @@ def datasets():
         out.print(f"[bold]{name}[/bold]: {escape(doc)}", highlight=False)
 
 
+@app.command()
+def tasks():
+    """List the task types (data.task) with the metrics that can select checkpoints."""
+    from .tasks import TASKS
+
+    for name, task in TASKS.items():
+        doc = (sys.modules[type(task).__module__].__doc__ or "").strip().splitlines()[0]
+        metrics = ", ".join([*task.metrics_higher_is_better, "loss"])
+        out.print(f"[bold]{name}[/bold]: {escape(doc)} Metrics: {metrics} (default {task.default_metric}).",
+                  highlight=False)
+
+
 def _settings(set_: list[str], data_dir: Optional[str]) -> list:
     """--data-dir and --set as (key, value) pairs; exponent numbers such as 2e-5 are read as numbers."""
     from .experiments.settings import parse_assignment

@@ -1,5 +1,6 @@
-"""EmoBank (Buechel & Hahn 2017): 10,062 English sentences rated for valence, arousal and dominance on a 1-5
-scale (reader/writer average), CC-BY-SA 4.0. Regression: one output per dimension.
+"""EmoBank (Buechel & Hahn 2017): regression of valence, arousal and dominance (1-5), 8,062/1,000/1,000.
+
+10,062 English sentences, each dimension the reader/writer average; CC-BY-SA 4.0. One output per dimension.
 
 Local layout: ``<data_dir>/emobank/emobank.csv`` with columns ``id,split,V,A,D,text`` (texts may hold quotes,
 commas and line breaks: read as real CSV); the ``split`` column gives train 8,062 / dev 1,000 / test 1,000.

@@ -1,6 +1,8 @@
-"""Regression: one or more continuous targets (EmoBank's valence, arousal and dominance). The head predicts on
-the targets' own scale around their training mean; the loss is the mean squared error of targets standardised
-by their training spread (each target weighs the same whatever its scale); Pearson r selects checkpoints."""
+"""Regression: one or more continuous targets (e.g. EmoBank's valence, arousal and dominance).
+
+The head predicts on the targets' own scale around their training mean; the loss is the mean squared error of
+targets standardised by their training spread (each target weighs the same whatever its scale); Pearson r
+selects checkpoints."""
 
 from __future__ import annotations
 
