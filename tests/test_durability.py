@@ -201,3 +201,11 @@ def test_predicting_with_an_unfinished_run_is_refused_unless_asked(tiny_model, t
     asked = subprocess.run([sys.executable, "-m", "emotune.cli", "predict", str(out), "i feel happy", "--unfinished",
                             "--json"], env=_env(), capture_output=True, text=True, timeout=300)
     assert asked.returncode == 0 and f"best weights so far (step {p.step})" in asked.stderr, asked.stderr
+
+
+def test_evaluate_records_the_precision_of_its_figures(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "run"
+    api.train(tiny_config(tiny_model, toy_data, "lora", max_steps=5), out, progress=False)
+    assert api.evaluate(out, "test", precision="int8")["precision"] == "int8"
+    assert Run.open(out).metrics["test"]["precision"] == "int8"
+    assert api.evaluate(out, "test")["precision"] == "trained-float32"  # as trained (tiny_config: fp32)
