@@ -89,6 +89,17 @@ def test_a_regression_run_on_target_columns_trains_reloads_and_predicts_values(t
     assert torch.allclose(values, saved, atol=1e-3)  # reloaded, the run predicts what it saved
     assert "label" not in again[0] and set(again[0]["values"]) == {"V", "A"}
 
+    from fastapi.testclient import TestClient
+
+    from emotune.inference.engines import ModelRegistry
+    from emotune.serve import create_app
+
+    with TestClient(create_app(ModelRegistry.load([f"vad={tmp_path / 'run'}"], precision="fp32"))) as c:
+        r = c.post("/v1/predict", json={"texts": texts[:3], "model": "vad"})
+    assert r.status_code == 200, r.text
+    served = torch.tensor([[p["values"]["V"], p["values"]["A"]] for p in r.json()["predictions"]])
+    assert torch.allclose(served, saved[:3], atol=1e-3)  # the server answers what the run predicts
+
 
 @pytest.mark.parametrize("value, message", [("high", "not a number"), ("", "not a number"),
                                             ("nan", "missing or not finite")])
