@@ -224,18 +224,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        try:
-            spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: a folder, not a config file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: bytes that are not UTF-8 at byte {e.start}") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(e)}") from None
+        _, spec = read_yaml(path, "config file")
         if spec is not None and not isinstance(spec, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections (data, model, method, train), "
                               f"got a {type(spec).__name__}")
@@ -298,6 +287,23 @@ def is_text_field(key: str) -> bool:
     cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.get(section)
     types = {f.name: str(f.type) for f in dataclasses.fields(cls)} if cls else {}
     return name in types and {t.strip() for t in types[name].split("|")} <= {"str", "None"}
+
+
+def read_yaml(path: str | Path, what: str) -> tuple[str, Any]:
+    """(text, parsed YAML) of a file; every way it can fail is a one-line ConfigError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: bytes that are not UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(e)}") from None
 
 
 def yaml_error_line(e: Exception) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 
-from ..config import RunConfig, is_text_field, yaml_error_line
+from ..config import RunConfig, is_text_field, read_yaml, yaml_error_line
 from ..errors import ConfigError
 
 SECTIONS = ("data", "model", "method", "train")
@@ -145,19 +145,7 @@ def load_spec(path: str | Path, what: str, build: Callable[[Any, str], T]) -> T:
     """Read a YAML file, build an object from it with ``build(spec, file_stem)`` and keep the text as its
     ``source``; every error names the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        spec = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: a folder, not a {what}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: bytes that are not UTF-8 at byte {e.start}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(e)}") from None
+    text, spec = read_yaml(path, what)
     try:
         obj = build(spec, path.stem)
     except ConfigError as e:
