@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from emotune.config import RunConfig
-
 REPO = Path(__file__).resolve().parents[1]
+# The tests (and the emotune processes they start) run this checkout's code, whichever checkout the editable
+# install points at.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+
+from emotune.config import RunConfig  # noqa: E402
 EMOTIONS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 WORDS = {"sadness": "sad lonely crying miserable gloomy", "joy": "happy glad joyful cheerful delighted",
          "love": "loving tender romantic adore caring", "anger": "angry furious mad annoyed irritated",
