@@ -57,6 +57,10 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
 def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate) -> dict:
     from .methods import lr_scales
 
+    if cfg.is_multitask:  # one shared encoder, a head per task, each task's own data
+        from .train.multitask import train_multitask
+
+        return train_multitask(cfg, out, progress, on_step, on_evaluate)
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
     task = task_for(cfg)
@@ -102,7 +106,9 @@ def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] |
     rows = []
     for run in find_runs(root, on_error):
         m = run.metrics
-        rows.append({"run": str(run.path), "status": run.status(), "data": run.config.data.name,
+        data = ("+".join(t.name for t in run.config.multitask.tasks) if run.config.is_multitask
+                else run.config.data.name)
+        rows.append({"run": str(run.path), "status": run.status(), "data": data,
                      "model": run.config.model.name, "method": run.config.method.get("name"),
                      "val_accuracy": m.get("validation", {}).get("accuracy"),
                      "val_f1_weighted": m.get("validation", {}).get("f1_weighted"),

@@ -55,7 +55,7 @@ def _set_typed(cfg, values: dict):
     return cfg.with_values({k: v for k, v in values.items() if v is not None})
 
 
-METRIC_ROWS = [("loss", "loss"), ("accuracy", "accuracy"), ("precision_weighted", "precision (weighted)"),
+METRIC_ROWS = [("score", "score (mean of the tasks' selection metrics)"), ("loss", "loss"), ("accuracy", "accuracy"), ("precision_weighted", "precision (weighted)"),
                ("recall_weighted", "recall (weighted)"), ("f1_weighted", "F1 (weighted)"),
                ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"),
                ("f1_macro", "F1 (macro)"), ("f1_pn", "F1-PN (mean F1 of positive, negative)"),
@@ -77,10 +77,20 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _task_names(split_metrics: dict) -> list[str]:
+    return [k for k, v in split_metrics.items() if isinstance(v, dict) and k not in ("per_class", "per_target")]
+
+
 def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validation", "test")) -> None:
     """A metrics table with one column per split in ``splits`` found in ``metrics``; the training figures
     (``metrics["train"]``) below them unless ``train`` is one of the splits shown."""
     splits = [s for s in splits if s in metrics]
+    tasks = next((_task_names(metrics[s]) for s in splits if "score" in metrics[s]), [])
+    for name in tasks:  # a multi-task run: a table per task, then the mean score and the training figures
+        print_metrics({s: metrics[s].get(name, {}) for s in splits}, f"{title} · {name}", tuple(splits))
+    if tasks:
+        metrics = {**{s: {"score": metrics[s].get("score")} for s in splits},
+                   **({"train": metrics["train"]} if "train" in metrics else {})}
     table = Table(title=escape(title))
     table.add_column("metric")
     for s in splits:
@@ -104,8 +114,9 @@ def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validat
 @app.command()
 @friendly
 def train(
-    dataset: str = typer.Argument(..., help="Registered data set (emotion), a CSV/TSV/JSONL file or folder, "
-                                            "or a Hugging Face hub id."),
+    dataset: Optional[str] = typer.Argument(None, help="Registered data set (emotion), a CSV/TSV/JSONL file or "
+                                                       "folder, or a Hugging Face hub id; optional with a --config "
+                                                       "that names its data or tasks."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write (resumed if interrupted)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; options below "
                                                                        "override it."),
@@ -141,6 +152,10 @@ def train(
     from . import api
     from .config import RunConfig
 
+    from .errors import ConfigError
+
+    if dataset is None and config is None:
+        raise ConfigError("name a data set (e.g. `emotune train emotion --out runs/x`) or pass --config")
     cfg = RunConfig.from_yaml(config) if config else RunConfig()
     if method is None and config is None and model is not None:
         from .models import is_classic
@@ -313,7 +328,12 @@ def predict(
         return
     table = Table()
     table.add_column("text", overflow="fold")
-    if results and "values" in results[0]:  # regression: one column per target
+    if results and "tasks" in results[0]:  # a multi-task run: one column per task
+        for name in results[0]["tasks"]:
+            table.add_column(escape(name))
+        for r in results:
+            table.add_row(escape(r["text"]), *[escape(_summary(v)) for v in r["tasks"].values()])
+    elif results and "values" in results[0]:  # regression: one column per target
         for name in results[0]["values"]:
             table.add_column(escape(name), justify="right")
         for r in results:
@@ -324,6 +344,15 @@ def predict(
         for r in results:
             table.add_row(escape(r["text"]), escape(r["label"]), f"{r['probabilities'][r['label']]:.3f}")
     out.print(table)
+
+
+def _summary(row: dict) -> str:
+    """One task's prediction in a few characters: `joy 0.93`, `V 3.10 A 2.95`, or a label set."""
+    if "values" in row:
+        return " ".join(f"{k} {v:.2f}" for k, v in row["values"].items())
+    if "probabilities" in row:
+        return f"{row['label']} {row['probabilities'][row['label']]:.2f}"
+    return ", ".join(row.get("labels", [])) or "-"
 
 
 @app.command()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,68 @@ def _in_range(name: str, value: Any, low: float, high: float | None, optional: b
                           f", got {value}")
 
 
+SAMPLINGS = ("temperature", "proportional", "round_robin")
+WEIGHTINGS = ("fixed", "uncertainty")
+
+
+@dataclass
+class TaskSpec:
+    """One task of a multi-task model: its own data (and so its own labels or targets) and head."""
+
+    name: str = _f("", "The task's name: the key of its metrics, predictions and head (letters, digits, _ and -).")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The task's data, as a run's data "
+                                                                           "section (its task type included)."})
+    weight: float = _f(1.0, "Fixed loss weight (multitask.weighting=fixed; the starting weight otherwise).")
+    share: float | None = _f(None, "Sampling share: this task's fraction of training batches; None follows "
+                                   "multitask.sampling.")
+    metric: str | None = _f(None, "Validation metric of this task; None: its task type's default (accuracy, "
+                                  "pearson, f1_micro).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = _build(DataConfig, self.data, f"multitask task {self.name!r} data")
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            raise ConfigError(f"multitask task name {self.name!r}: use letters, digits, _ and - only")
+        _positive(f"multitask task {self.name!r} weight", self.weight)
+        _positive(f"multitask task {self.name!r} share", self.share, optional=True)
+
+
+@dataclass
+class MultiTaskConfig:
+    """Several tasks on one shared encoder (one head each). Empty ``tasks``: a single-task run (``data``)."""
+
+    tasks: list[TaskSpec] = _f([], "The tasks, each {name, data: {...}, weight, share, metric}.")
+    sampling: str = _f("temperature", "Which task the next training batch comes from: `temperature` (share "
+                                      "proportional to size^(1/T)), `proportional` (to size) or `round_robin`.")
+    temperature: float = _f(2.0, "T of temperature sampling (1 = proportional; larger evens the tasks out).")
+    weighting: str = _f("fixed", "`fixed`: each task's loss times its weight; `uncertainty`: weights learned "
+                                 "as exp(-s_k) with a penalty s_k per task (Kendall et al. 2018).")
+    stages: list[list[str]] = _f([], "Curriculum: a list of stages, each the task names it adds; a stage "
+                                     "starts from the previous stage's best weights. Empty: all tasks at once.")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tasks, list):
+            raise ConfigError(f"multitask.tasks must be a list of tasks, got {self.tasks!r}")
+        self.tasks = [t if isinstance(t, TaskSpec) else _build(TaskSpec, t, "multitask task") for t in self.tasks]
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"multitask: task name(s) used twice: {', '.join(dup)}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"multitask.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"multitask.weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        _positive("multitask.temperature", self.temperature)
+        if not isinstance(self.stages, list) or not all(isinstance(s, list) for s in self.stages):
+            raise ConfigError("multitask.stages must be a list of stages, each a list of task names")
+        staged = [n for s in self.stages for n in s]
+        unknown = sorted(set(staged) - set(names))
+        if unknown:
+            raise ConfigError(f"multitask.stages names unknown task(s): {', '.join(map(str, unknown))}")
+        if self.stages and (sorted(staged) != sorted(names) or any(not s for s in self.stages)):
+            raise ConfigError("multitask.stages must add every task exactly once, at least one per stage")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; saved as config.yaml in the run folder."""
@@ -196,6 +259,12 @@ class RunConfig:
                                    metadata={"help": "Fine-tuning method and its options, e.g. "
                                                      "{name: lora, r: 8, target: attention}."})
     train: TrainConfig = field(default_factory=TrainConfig)
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig,
+                                       metadata={"help": "Tasks of a multi-task model (empty: single-task)."})
+
+    @property
+    def is_multitask(self) -> bool:
+        return bool(self.multitask.tasks)
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +289,7 @@ class RunConfig:
             model=_build(ModelConfig, d.get("model"), "model"),
             method=dict(method),
             train=_build(TrainConfig, d.get("train"), "train"),
+            multitask=_build(MultiTaskConfig, d.get("multitask"), "multitask"),
         )
 
     @classmethod

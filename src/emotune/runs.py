@@ -28,7 +28,7 @@ import torch
 from .config import RunConfig
 from .errors import EmotuneError, RunError
 from .io import fsync_dir, load_tensors, read_json, read_jsonl, remove_stale_tmp, write_json, write_text
-from .tasks import task_for
+from .tasks import SCORE, MultiHead, flat_labels, task_for
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
 VOCAB = "vocab.json"  # classic models' word vocabulary
@@ -40,9 +40,9 @@ HISTORY = "history.jsonl"  # one line per evaluation, appended
 LEGACY_HISTORY = "history.json"  # run folders written before history.jsonl: one JSON list
 
 
-def predictions_file(split: str) -> str:
-    """The file holding a split's per-text predictions."""
-    return f"predictions_{split}.csv"
+def predictions_file(split: str, task: str | None = None) -> str:
+    """The file holding a split's per-text predictions (of one task of a multi-task run)."""
+    return f"predictions_{split}_{task}.csv" if task else f"predictions_{split}.csv"
 
 
 def read_history(folder: Path) -> list[dict]:
@@ -222,23 +222,38 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         resolved.data.data_dir = str(Path(resolved.data.data_dir).expanduser().resolve())
     if resolved.train.warmup_ratio is None:
         resolved.train.warmup_ratio = method.warmup_ratio
-    if resolved.data.task is None:
-        from .data import DATASET_TASKS
-
-        resolved.data.task = DATASET_TASKS.get(resolved.data.name) or (
-            "regression" if resolved.data.target_columns else "classification")
+    for data in [resolved.data, *(t.data for t in resolved.multitask.tasks)]:
+        resolve_task(data)
+        if data is not resolved.data:  # a task's data: its own data_dir, else the run's (--data-dir)
+            data.data_dir = str(Path(data.data_dir).expanduser().resolve()) if data.data_dir \
+                else resolved.data.data_dir
+    if resolved.is_multitask:
+        resolved.train.metric = SCORE  # the mean of the tasks' own selection metrics
+        return resolved
     task = task_for(resolved)
     if resolved.train.metric == "accuracy" and "accuracy" not in task.metrics_higher_is_better:
         resolved.train.metric = task.default_metric  # the default suits classification only
     return resolved
 
 
+def resolve_task(data) -> None:
+    """Fill ``data.task`` when unset: what the named data set declares, regression with target columns, else
+    classification."""
+    if data.task is None:
+        from .data import DATASET_TASKS
+
+        data.task = DATASET_TASKS.get(data.name) or ("regression" if data.target_columns else "classification")
+
+
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
-                run_dir: Path | None = None, targets: dict | None = None):
+                run_dir: Path | None = None, targets: dict | None = None, labels: list[str] | None = None):
     """(model, tokenizer, method) as configured, before any training. A classic model (``model.name`` in
     ``models.MODELS``) builds its vocabulary from ``texts`` (the training split) or reads ``run_dir``'s; a
-    regression head takes its target statistics from ``targets`` or ``run_dir``'s targets.json."""
-    model, tokenizer, method = _build_model(cfg, num_labels, texts, run_dir)
+    regression head takes its target statistics from ``targets`` or ``run_dir``'s targets.json. A multi-task
+    model sizes its heads from ``labels`` (its flat task:label names) or ``run_dir``'s labels."""
+    if labels is None and run_dir is not None and (Path(run_dir) / LABELS).is_file():
+        labels = read_labels(Path(run_dir) / LABELS)
+    model, tokenizer, method = _build_model(cfg, num_labels, texts, run_dir, task_for(cfg, labels))
     if targets is None and run_dir is not None and (Path(run_dir) / TARGETS).is_file():
         targets = read_json(Path(run_dir) / TARGETS)
     set_target_statistics(model, targets)
@@ -248,11 +263,21 @@ def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = No
 def set_target_statistics(model, targets: dict | None) -> None:
     """Give a regression head its training targets' mean and spread (``targets``: targets.json's content)."""
     head = getattr(model, "head", None)
-    if targets is not None and hasattr(head, "set_statistics"):
+    if targets is None or not hasattr(head, "set_statistics"):
+        return
+    if isinstance(head, MultiHead):
+        head.set_statistics(targets)  # {task: {mean, std}}
+    else:
         head.set_statistics(targets["mean"], targets["std"])
 
 
-def _build_model(cfg: RunConfig, num_labels: int, texts: list[str] | None, run_dir: Path | None):
+def read_labels(path: Path) -> list[str]:
+    """A run's label names: a list, or for a multi-task run {task: labels}, flattened to task:label names."""
+    labels = read_json(path)
+    return flat_labels(labels) if isinstance(labels, dict) else labels
+
+
+def _build_model(cfg: RunConfig, num_labels: int, texts: list[str] | None, run_dir: Path | None, task):
     from .methods import METHODS, apply_method
     from .models import build_classic, build_transformer, is_classic
 
@@ -262,14 +287,14 @@ def _build_model(cfg: RunConfig, num_labels: int, texts: list[str] | None, run_d
         labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
         return (*method.build(cfg, labels, fit=False), method)  # its kept tensors: model.safetensors
     if is_classic(cfg.model.name):
-        model, tokenizer = build_classic(cfg, num_labels, texts=texts, task=task_for(cfg),
+        model, tokenizer = build_classic(cfg, num_labels, texts=texts, task=task,
                                          vocab_file=run_dir / VOCAB if run_dir else None)
         frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. frozen embeddings
         model, method, _ = apply_method(model, cfg.method)
         for p in frozen:  # `full` unfreezes every weight
             p.requires_grad_(False)
         return model, tokenizer, method
-    model, tokenizer = build_transformer(cfg.model, num_labels, task_for(cfg))
+    model, tokenizer = build_transformer(cfg.model, num_labels, task)
     model, method, _ = apply_method(model, cfg.method)
     return model, tokenizer, method
 
@@ -285,7 +310,7 @@ class Run:
         path = Path(path)
         if not (path / CONFIG).is_file():
             raise RunError(f"{path}: not a run folder (no {CONFIG})")
-        labels = read_json(path / LABELS) if (path / LABELS).is_file() else None
+        labels = read_labels(path / LABELS) if (path / LABELS).is_file() else None
         if labels is None:
             raise RunError(f"{path}: incomplete run folder (no {LABELS})")
         return cls(path, RunConfig.from_yaml(path / CONFIG), labels)
@@ -304,7 +329,7 @@ class Run:
     def task(self):
         """What the run predicts (``emotune.tasks``): its head, loss, metrics and output format."""
 
-        return task_for(self.config)
+        return task_for(self.config, self.labels)
 
     @property
     def target_statistics(self) -> dict | None:

@@ -9,7 +9,7 @@ from ..data import load_data
 from ..data.encode import Encoded, encode
 from ..errors import DataError
 from ..runs import Run, predictions_file, run_lock
-from ..train.evaluate import evaluate_model
+from ..train.evaluate import evaluate_model, predict_logits
 from .predictor import Predictor
 
 
@@ -22,6 +22,8 @@ def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None =
 
 
 def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
+    if run.config.is_multitask:
+        return _evaluate_tasks(run, split, data_dir, precision)
     data_cfg = run.config.data
     if data_dir:
         data_cfg.data_dir = data_dir
@@ -35,5 +37,30 @@ def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None)
                                      predictor.pad_id, predictor.dtype, run.task)
     metrics["precision"] = predictor.precision  # the inference mode these figures come from
     run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels)
+    run.update_metrics(**{split: metrics})
+    return metrics
+
+
+def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
+    """A multi-task run: every task on its own data's split; metrics keyed by task, with their mean ``score``."""
+    predictor = Predictor(run, precision=precision, batch_size=run.config.train.eval_batch_size)
+    task, specs = run.task, {t.name: t for t in run.config.multitask.tasks}
+    logits, gold = {}, {}
+    for part in task.parts:
+        data_cfg = specs[part.name].data
+        if data_dir:
+            data_cfg.data_dir = data_dir
+        data = load_data(data_cfg, run.config.train.seed)
+        if data.label_names != part.labels:
+            raise DataError(f"task {part.name!r}: the data's labels {data.label_names} differ from the run's "
+                            f"{part.labels}")
+        texts = data[split].texts
+        enc = encode(predictor.tokenizer, texts, data_cfg.max_length)
+        logits[part.name] = predict_logits(predictor.model, Encoded(enc, data[split].labels), predictor.batch_size,
+                                           predictor.device, predictor.pad_id, predictor.dtype)
+        gold[part.name] = data[split].labels
+        part.task.write_predictions(run.path / predictions_file(split, part.name), texts, gold[part.name],
+                                    logits[part.name][:, part.columns], part.labels)
+    metrics = {**task.metrics(logits, gold, run.labels), "precision": predictor.precision}
     run.update_metrics(**{split: metrics})
     return metrics

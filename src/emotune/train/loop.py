@@ -276,13 +276,17 @@ class Trainer:
         """Free the checkpoint's space once the run's final metrics are on disk."""
         (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
 
-    def train_step(self, idx: list[int], step: int) -> float:
+    def batch_loss(self, idx: list[int]) -> torch.Tensor:
+        """The training loss of one batch (indices into the training data)."""
         batch = collate([self.train_data.ids[i] for i in idx], self.pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
         with autocast(self.device, self.dtype):
             logits = self.model(**batch)
-        loss = self.task.loss(logits, labels, self.class_weights)
+        return self.task.loss(logits, labels, self.class_weights)
+
+    def train_step(self, idx: list[int], step: int) -> float:
+        loss = self.batch_loss(idx)
         self.scaler.scale(loss).backward()
         self.masters.grads_to_masters()
         if self.cfg.max_grad_norm:
