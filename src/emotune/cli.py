@@ -78,7 +78,7 @@ def _fmt(v) -> str:
 
 
 def _task_names(split_metrics: dict) -> list[str]:
-    return [k for k, v in split_metrics.items() if isinstance(v, dict) and k not in ("per_class", "per_target")]
+    return [k for k, v in split_metrics.items() if isinstance(v, dict) and k not in ("per_class", "per_target", "missing")]
 
 
 def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validation", "test")) -> None:

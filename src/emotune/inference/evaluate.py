@@ -45,12 +45,15 @@ def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str |
     """A multi-task run: every task on its own data's split; metrics keyed by task, with their mean ``score``."""
     predictor = Predictor(run, precision=precision, batch_size=run.config.train.eval_batch_size)
     task, specs = run.task, {t.name: t for t in run.config.multitask.tasks}
-    logits, gold = {}, {}
+    logits, gold, missing = {}, {}, {}
     for part in task.parts:
         data_cfg = specs[part.name].data
         if data_dir:
             data_cfg.data_dir = data_dir
         data = load_data(data_cfg, run.config.train.seed)
+        if split not in data.splits:  # e.g. SemEval-2017 4A without test files: the other tasks still count
+            missing[part.name] = f"its data set {data.name!r} has no {split} split"
+            continue
         if data.label_names != part.labels:
             raise DataError(f"task {part.name!r}: the data's labels {data.label_names} differ from the run's "
                             f"{part.labels}")
@@ -61,6 +64,10 @@ def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str |
         gold[part.name] = data[split].labels
         part.task.write_predictions(run.path / predictions_file(split, part.name), texts, gold[part.name],
                                     logits[part.name][:, part.columns], part.labels)
+    if not logits:
+        raise DataError(f"no task of {run.path} has a {split} split ({'; '.join(missing.values())})")
     metrics = {**task.metrics(logits, gold, run.labels), "precision": predictor.precision}
+    if missing:
+        metrics["missing"] = missing  # the score is the mean over the tasks evaluated
     run.update_metrics(**{split: metrics})
     return metrics
