@@ -16,6 +16,7 @@ from .runs import (
     CONFIG,
     LABELS,
     TARGETS,
+    TASK_STATE,
     VOCAB,
     Run,
     build_model,
@@ -68,6 +69,8 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     targets = target_statistics(train_split.labels) if task is REGRESSION else None
     # Classic models build their vocabulary from the training texts and keep it in the run folder.
     model, tokenizer, _ = build_model(cfg, len(data.label_names), texts=train_split.texts, targets=targets)
+    if getattr(model, "head", None) is not None:  # multilabel: biases at the labels' priors
+        task.init_head(model.head, train_split.labels)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, data.label_names)
@@ -86,11 +89,18 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
                                trainer.device, tokenizer.pad_token_id or 0, trainer.dtype, trainer.task)
+    # What the task fits on those logits (multilabel: per-label thresholds) is kept with the run; the final
+    # validation metrics then use it (fitted on this very split, so they are optimistic; test ones are not).
+    state = trainer.task.fit_state(logits, val_split.labels, data.label_names)
+    validation = result.best_metrics
+    if state is not None:
+        write_json(out / TASK_STATE, state)
+        validation = trainer.task.metrics(logits, val_split.labels, data.label_names, state=state)
     trainer.task.write_predictions(out / predictions_file("validation"), val_split.texts, val_split.labels, logits,
-                                   data.label_names)
+                                   data.label_names, state=state)
     metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
-        train=result.summary, validation=result.best_metrics)
+        train=result.summary, validation=validation)
     trainer.finish()  # only now: a kill before this line resumes at the last step, never from step 0
     return metrics
 

@@ -59,6 +59,8 @@ METRIC_ROWS = [("score", "score (mean of the tasks' selection metrics)"), ("loss
                ("recall_weighted", "recall (weighted)"), ("f1_weighted", "F1 (weighted)"),
                ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"),
                ("f1_macro", "F1 (macro)"), ("f1_pn", "F1-PN (mean F1 of positive, negative)"),
+               ("precision_micro", "precision (micro)"), ("recall_micro", "recall (micro)"),
+               ("f1_micro", "F1 (micro)"), ("jaccard", "Jaccard (samples)"), ("exact_match", "exact match"),
                ("pearson", "Pearson r (mean over targets)"), ("spearman", "Spearman rho (mean)"),
                ("mse", "MSE (mean)"), ("mae", "MAE (mean)")]
 # SemEval-2017 4A's names, shown for positive/negative data (where f1_pn exists).
@@ -104,6 +106,11 @@ def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validat
     for target in targets:  # regression: each target's Pearson r
         table.add_row(f"Pearson r, {escape(target)}",
                       *[_fmt(metrics[s].get("per_target", {}).get(target, {}).get("pearson")) for s in splits])
+    multilabel = next((metrics[s]["per_class"] for s in splits if "jaccard" in metrics[s]), {})
+    for label, row in multilabel.items():  # multilabel: each label's F1 (at its threshold)
+        cut = f" (threshold {row['threshold']:.2f})" if "threshold" in row else ""
+        table.add_row(f"F1, {escape(label)}{cut}",
+                      *[_fmt(metrics[s].get("per_class", {}).get(label, {}).get("f1")) for s in splits])
     if "train" in metrics and "train" not in splits and splits:
         table.add_section()
         for key, name in TRAIN_ROWS:
@@ -124,10 +131,15 @@ def train(
                                                       "(default: $EMOTUNE_DATA_DIR, else the hub)"),
     text_column: Optional[str] = typer.Option(None, help="Text column of CSV/TSV/JSONL/hub data."),
     label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
-    task: Optional[str] = typer.Option(None, help="classification or regression (default: what the data set "
-                                                  "declares; regression with --target-columns)."),
+    task: Optional[str] = typer.Option(None, help="classification, multilabel or regression (default: what the "
+                                                  "data set declares; multilabel with --label-delimiter or "
+                                                  "--label-columns; regression with --target-columns)."),
     target_columns: Optional[str] = typer.Option(None, help="Regression: numeric target columns of CSV/TSV/JSONL "
                                                             "data, comma-separated (e.g. V,A,D)."),
+    label_delimiter: Optional[str] = typer.Option(None, help="Multi-label: the label column holds several labels "
+                                                             "separated by this (e.g. ',')."),
+    label_columns: Optional[str] = typer.Option(None, help="Multi-label: one 0/1 column per label of "
+                                                           "CSV/TSV/JSONL data, comma-separated (e.g. joy,anger)."),
     model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id; or a "
                                                    "classic model (`emotune models`: baseline, bilstm...)."),
     method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora; "
@@ -165,7 +177,8 @@ def train(
         cfg.method = {"name": method}
     cfg = _set_typed(cfg, {"data.name": dataset, "data.data_dir": data_dir, "data.text_column": text_column,
                            "data.label_column": label_column, "data.task": task,
-                           "data.target_columns": target_columns, "model.name": model, "train.lr": lr,
+                           "data.target_columns": target_columns, "data.label_delimiter": label_delimiter,
+                           "data.label_columns": label_columns, "model.name": model, "train.lr": lr,
                            "train.batch_size": batch_size, "train.max_epochs": epochs,
                            "train.max_steps": max_steps, "train.eval_every": eval_every,
                            "train.patience": patience, "train.precision": precision, "train.seed": seed,
@@ -333,6 +346,10 @@ def predict(
             table.add_column(escape(name))
         for r in results:
             table.add_row(escape(r["text"]), *[escape(_summary(v)) for v in r["tasks"].values()])
+    elif results and "scores" in results[0]:  # multilabel: the labels over their thresholds
+        table.add_column("labels")
+        for r in results:
+            table.add_row(escape(r["text"]), escape(_summary(r)))
     elif results and "values" in results[0]:  # regression: one column per target
         for name in results[0]["values"]:
             table.add_column(escape(name), justify="right")
@@ -347,9 +364,12 @@ def predict(
 
 
 def _summary(row: dict) -> str:
-    """One task's prediction in a few characters: `joy 0.93`, `V 3.10 A 2.95`, or a label set."""
+    """One task's prediction in a few characters: `joy 0.93`, `V 3.10 A 2.95`, or a label set
+    (`joy 0.91, love 0.62`; `-` when no label reaches its threshold)."""
     if "values" in row:
         return " ".join(f"{k} {v:.2f}" for k, v in row["values"].items())
+    if "scores" in row:
+        return ", ".join(f"{k} {row['scores'][k]:.2f}" for k in row["labels"]) or "-"
     if "probabilities" in row:
         return f"{row['label']} {row['probabilities'][row['label']]:.2f}"
     return ", ".join(row.get("labels", [])) or "-"

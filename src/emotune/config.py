@@ -47,11 +47,16 @@ class DataConfig:
     cv_fold: int | None = _f(None, "Cross-validation: the fold (0-based, below data.cv_folds) used as the "
                                    "test split; the other folds are the training data. A grid axis over "
                                    "0..cv_folds-1 runs the whole cross-validation.")
-    task: str | None = _f(None, "What is predicted: classification or regression (`emotune tasks`). None: what "
-                                "the data set declares (emobank: regression), regression when target_columns "
-                                "are given, else classification.")
+    task: str | None = _f(None, "What is predicted: classification, multilabel or regression (`emotune tasks`). "
+                                "None: what the data set declares (emobank: regression, goemotions: "
+                                "multilabel), multilabel when label_columns or label_delimiter are given, "
+                                "regression when target_columns are given, else classification.")
     target_columns: list[str] = _f([], "Regression: the numeric target columns of a CSV/TSV/JSONL file (e.g. "
                                        "[V, A, D]); each becomes one output.")
+    label_delimiter: str | None = _f(None, "Multi-label: the label column holds several labels separated by "
+                                           "this (e.g. `,`); an empty cell is a text with no label.")
+    label_columns: list[str] = _f([], "Multi-label: one 0/1 column per label of a CSV/TSV/JSONL file (e.g. "
+                                      "[joy, anger]); the column names are the labels.")
     test_files: list[str] = _f([], "Extra files used as the test split, for data sets that read them "
                                    "(semeval2017a: `id<TAB>label<TAB>text` files); relative paths resolve "
                                    "against the current folder.")
@@ -61,6 +66,8 @@ class DataConfig:
             self.test_files = [self.test_files]
         if isinstance(self.target_columns, str):  # `--target-columns V,A,D`
             self.target_columns = [c.strip() for c in self.target_columns.split(",") if c.strip()]
+        if isinstance(self.label_columns, str):  # `--label-columns joy,anger`
+            self.label_columns = [c.strip() for c in self.label_columns.split(",") if c.strip()]
         if not isinstance(self.test_files, (list, tuple)):
             raise ConfigError(f"data.test_files must be a list of paths, got {self.test_files!r}")
         # Absolute paths, so `emotune evaluate` finds them from any folder later.
@@ -72,6 +79,7 @@ class DataConfig:
         _at_least("data.max_train_samples", self.max_train_samples, 1, optional=True)
         _at_least("data.max_eval_samples", self.max_eval_samples, 1, optional=True)
         _at_least("data.max_length", self.max_length, 1)
+        self._check_multilabel()
         if not isinstance(self.validation_fraction, (int, float)) or isinstance(self.validation_fraction, bool) \
                 or not 0 < self.validation_fraction < 1:
             raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
@@ -85,6 +93,23 @@ class DataConfig:
             raise ConfigError(f"data.cv_folds must be at least 2, got {self.cv_folds}")
         if not 0 <= self.cv_fold < self.cv_folds:
             raise ConfigError(f"data.cv_fold must be in 0..{self.cv_folds - 1} (0-based), got {self.cv_fold}")
+
+    def _check_multilabel(self) -> None:
+        """label_columns and label_delimiter: multi-label options, one at a time, not with regression targets."""
+        if self.label_delimiter == "":
+            raise ConfigError("data.label_delimiter must be a character such as `,` (or null)")
+        if not (self.label_columns or self.label_delimiter):
+            return
+        given = "data.label_columns" if self.label_columns else "data.label_delimiter"
+        if self.label_columns and self.label_delimiter:
+            raise ConfigError("give data.label_columns (one 0/1 column per label) or data.label_delimiter (labels "
+                              "in one column), not both")
+        if self.target_columns:
+            raise ConfigError(f"{given} is for multi-label data, data.target_columns for regression: not both")
+        if self.task not in (None, "multilabel"):
+            raise ConfigError(f"{given} is for data.task=multilabel, not {self.task}")
+        if len(set(self.label_columns)) != len(self.label_columns):
+            raise ConfigError("data.label_columns names a column twice")
 
 
 @dataclass

@@ -3,6 +3,7 @@
     config.yaml               the resolved configuration (method defaults filled in)
     labels.json               label names (regression: target names), in the order of the model's outputs
     targets.json              regression: the training targets' mean and standard deviation
+    task_state.json           what the task fitted after training on validation (multilabel: per-label thresholds)
     model.safetensors         best weights: the trainable ones only (adapter + head for PEFT methods)
     vocab.json                classic models: the training words (frozen word vectors are rebuilt from it)
     history.jsonl             every validation evaluation, one JSON line each (older runs: history.json)
@@ -26,13 +27,14 @@ from typing import Callable, Iterator
 import torch
 
 from .config import RunConfig
-from .errors import EmotuneError, RunError
+from .errors import ConfigError, EmotuneError, RunError
 from .io import fsync_dir, load_tensors, read_json, read_jsonl, remove_stale_tmp, write_json, write_text
 from .tasks import SCORE, MultiHead, flat_labels, task_for
 
 CONFIG, LABELS, METRICS = "config.yaml", "labels.json", "metrics.json"
 VOCAB = "vocab.json"  # classic models' word vocabulary
 TARGETS = "targets.json"  # regression: the training targets' mean and standard deviation
+TASK_STATE = "task_state.json"  # Task.fit_state's result (multilabel: per-label thresholds)
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "model.safetensors"
@@ -59,7 +61,7 @@ def write_history(folder: Path, history: list[dict]) -> None:
     """Replace the history at once (a resumed run drops evaluations after its checkpoint)."""
     write_text(Path(folder) / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
     (Path(folder) / LEGACY_HISTORY).unlink(missing_ok=True)
-RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB, TARGETS)
+RUN_FILES = (CONFIG, LABELS, METRICS, BEST, HISTORY, LEGACY_HISTORY, CHECKPOINT, VOCAB, TARGETS, TASK_STATE)
 
 try:
     import fcntl
@@ -237,12 +239,18 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
 
 def resolve_task(data) -> None:
-    """Fill ``data.task`` when unset: what the named data set declares, regression with target columns, else
-    classification."""
-    if data.task is None:
-        from .data import DATASET_TASKS
+    """Fill ``data.task`` when unset: what the named data set declares, multilabel with label columns or a label
+    delimiter, regression with target columns, else classification. A named data set whose labels are not
+    single classes trains only as what it declares (goemotions: multilabel)."""
+    from .data import DATASET_TASKS
 
-        data.task = DATASET_TASKS.get(data.name) or ("regression" if data.target_columns else "classification")
+    declared = DATASET_TASKS.get(data.name)
+    if data.task is None:
+        data.task = declared or ("multilabel" if data.label_columns or data.label_delimiter else
+                                 "regression" if data.target_columns else "classification")
+    elif declared and data.task != declared:
+        raise ConfigError(f"data set {data.name!r} is a {declared} data set; data.task={data.task} cannot train "
+                          "on it")
 
 
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
@@ -335,6 +343,12 @@ class Run:
     def target_statistics(self) -> dict | None:
         """Regression runs: the training targets' mean and standard deviation (targets.json)."""
         return read_json(self.path / TARGETS) if (self.path / TARGETS).is_file() else None
+
+    @property
+    def task_state(self) -> dict | None:
+        """What the task fitted on validation after training (task_state.json: multilabel thresholds); None
+        when it fits nothing."""
+        return read_json(self.path / TASK_STATE) if (self.path / TASK_STATE).is_file() else None
 
     @property
     def metrics(self) -> dict:

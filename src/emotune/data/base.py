@@ -17,10 +17,11 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Split:
-    """One split: texts and integer label ids (indices into Splits.label_names)."""
+    """One split: texts and integer label ids (indices into Splits.label_names); regression: each text's
+    target values; multi-label: each text's multi-hot float list over Splits.label_names."""
 
     texts: list[str]
-    labels: list[int]
+    labels: list
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -68,7 +69,8 @@ class Splits:
 Loader = Callable[[DataConfig, "Path | None"], Splits]
 DATASETS: Registry[Loader] = Registry("data set")
 DATASET_TASKS: dict[str, str] = {}
-"""Named data sets whose labels are not single classes -> their task (emobank: regression)."""
+"""Named data sets whose labels are not single classes -> their task (emobank: regression, goemotions:
+multilabel)."""
 
 
 def data_root(cfg: DataConfig) -> Path | None:
@@ -101,6 +103,8 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Splits:
     else:
         raise DataError(f"unknown data set {cfg.name!r}: not a registered name ({', '.join(DATASETS)}), "
                         "an existing file or folder, or a hub id (owner/name)")
+    if cfg.task == "multilabel":
+        to_multi_hot(data)
     if cfg.cv_folds is not None:
         cross_validation_fold(data, cfg.cv_folds, cfg.cv_fold or 0, seed)
     if "validation" not in data.splits and "train" in data.splits:
@@ -125,6 +129,9 @@ def cross_validation_fold(data: Splits, folds: int, fold: int, seed: int) -> Non
     from sklearn.model_selection import StratifiedKFold
 
     pooled = data["train"] + data.splits["test"] if "test" in data.splits else data["train"]
+    if pooled.labels and isinstance(pooled.labels[0], list):
+        raise DataError(f"cross-validation (data.cv_folds) stratifies by single labels; data set {data.name!r} "
+                        "has several labels or targets per text")
     counts = [pooled.labels.count(i) for i in sorted(set(pooled.labels))]
     if min(counts) < folds:
         raise DataError(f"{folds}-fold cross-validation needs at least {folds} examples of every label; "
@@ -133,6 +140,15 @@ def cross_validation_fold(data: Splits, folds: int, fold: int, seed: int) -> Non
     train_idx, test_idx = list(splitter.split(pooled.texts, pooled.labels))[fold]
     data.splits["train"] = pooled._pick(sorted(int(i) for i in train_idx))
     data.splits["test"] = pooled._pick(sorted(int(i) for i in test_idx))
+
+
+def to_multi_hot(data: Splits) -> None:
+    """Single-label splits (label ids) as multi-hot float lists, for a multi-label run on single-label data;
+    splits that are multi-hot already stay as they are."""
+    n = len(data.label_names)
+    for name, split in data.splits.items():
+        if split.labels and not isinstance(split.labels[0], list):
+            data.splits[name] = Split(split.texts, [[float(i == label) for i in range(n)] for label in split.labels])
 
 
 def split_lines(text: str) -> list[str]:

@@ -122,7 +122,7 @@ class AdapterSet:
         texts = list(texts)
         check_texts(texts)
         return format_predictions(texts, self.probabilities(texts, adapter), self.labels(adapter),
-                                  self._run(adapter).task)
+                                  self._run(adapter).task, self._run(adapter).task_state)
 
     def predict_mixed(self, items: Sequence[tuple[str, str]]) -> list[dict]:
         """``[(adapter, text), ...]`` -> one prediction per item, in input order, each naming its adapter.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PureWindowsPath
 from typing import Sequence
 
@@ -283,6 +284,11 @@ class ServedModel:
     @property
     def labels(self) -> list[str]:
         return self.run.labels
+
+    @cached_property
+    def task_state(self) -> dict | None:
+        """The run's task state (multilabel thresholds), read once, not per request."""
+        return self.run.task_state
 
     @property
     def max_length(self) -> int:

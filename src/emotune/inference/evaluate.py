@@ -35,8 +35,12 @@ def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None)
     enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
     metrics, logits = evaluate_model(predictor.model, enc, run.labels, predictor.batch_size, predictor.device,
                                      predictor.pad_id, predictor.dtype, run.task)
+    state = run.task_state  # multilabel: the thresholds chosen on validation after training
+    if state is not None:
+        metrics = run.task.metrics(logits, part.labels, run.labels, state=state)
     metrics["precision"] = predictor.precision  # the inference mode these figures come from
-    run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels)
+    run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels,
+                               state=state)
     run.update_metrics(**{split: metrics})
     return metrics
 

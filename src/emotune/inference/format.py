@@ -17,6 +17,8 @@ def check_texts(texts: Sequence[str]) -> None:
             raise DataError(f"text {i + 1} is empty")
 
 
-def format_predictions(texts: Sequence[str], outputs: torch.Tensor, labels: list[str], task: Task) -> list[dict]:
-    """The task's row format (label and probabilities for classification), each row's text first."""
-    return [{"text": t, **row} for t, row in zip(texts, task.format(outputs, labels))]
+def format_predictions(texts: Sequence[str], outputs: torch.Tensor, labels: list[str], task: Task,
+                       state: dict | None = None) -> list[dict]:
+    """The task's row format (label and probabilities for classification), each row's text first; ``state``:
+    the run's task state (multilabel thresholds, ``Run.task_state``)."""
+    return [{"text": t, **row} for t, row in zip(texts, task.format(outputs, labels, state=state))]

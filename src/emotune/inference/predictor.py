@@ -196,6 +196,7 @@ class Predictor:
         self._autocast = (torch.float32 if isinstance(self.model, FastBertClassifier)
                           and self.mode.weights == torch.bfloat16 else self.dtype)
         self.labels = self.run.labels
+        self.task_state = self.run.task_state  # multilabel: the run's per-label thresholds
         self.batch_size = batch_size
         self.max_length = self.run.config.data.max_length
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -274,7 +275,7 @@ class Predictor:
         """Per text: the predicted label and every class's probability."""
         texts = list(texts)
         check_texts(texts)
-        return format_predictions(texts, self.probabilities(texts), self.labels, self.run.task)
+        return format_predictions(texts, self.probabilities(texts), self.labels, self.run.task, self.task_state)
 
 
 def pad_batch(b: dict[str, torch.Tensor], length_multiple: int, batch_multiple: int,

@@ -387,7 +387,9 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
         if bad:
             raise ApiError(500, "non_finite_output", f"model {name!r} gave a non-finite probability for text "
                                                      f"{bad[0] + 1}; no answer is sent for this request")
-        return JSONResponse({"model": name, "predictions": registry[name].run.task.format(probs, labels)})
+        served = registry[name]
+        return JSONResponse({"model": name, "predictions": served.run.task.format(probs, labels,
+                                                                                   state=served.task_state)})
 
     @app.get("/v1/models", summary="Loaded models")
     async def models():

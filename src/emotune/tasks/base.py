@@ -36,6 +36,10 @@ class Task:
         """The layer from pooled features to this task's outputs."""
         return nn.Linear(in_features, num_outputs)
 
+    def init_head(self, head: nn.Module, targets: Sequence[Any]) -> None:
+        """Start a freshly built head from the training targets (multilabel: each label's prior); default: as
+        built. Called once before training; a resumed run's checkpoint overwrites it."""
+
     def loss_weights(self, how: str | None, targets: Sequence[Any], num_outputs: int,
                      device: torch.device) -> torch.Tensor | None:
         """Per-output loss weights from the training targets (``train.class_weights``); None: unweighted."""
@@ -48,21 +52,28 @@ class Task:
         """What users get from the logits (class probabilities for classification)."""
         raise NotImplementedError
 
-    def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str]) -> dict:
-        """Every metric of these logits against the gold targets, the loss included."""
+    def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str], *,
+                state: dict | None = None) -> dict:
+        """Every metric of these logits against the gold targets, the loss included (``state``: what
+        ``fit_state`` chose for the run, e.g. multi-label thresholds; None during training)."""
         raise NotImplementedError
+
+    def fit_state(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str]) -> dict | None:
+        """What the task fits once after training on the best model's validation logits (multi-label: per-label
+        thresholds); saved as the run's task_state.json and passed back as ``state``. None: nothing to fit."""
+        return None
 
     def check_metric(self, metric: str, label_names: list[str]) -> None:
         if metric not in self.metrics_higher_is_better and metric != "loss":
             raise ConfigError(f"unknown validation metric {metric!r}; choose one of "
                               f"{', '.join([*self.metrics_higher_is_better, 'loss'])}")
 
-    def format(self, outputs: torch.Tensor, label_names: list[str]) -> list[dict]:
+    def format(self, outputs: torch.Tensor, label_names: list[str], *, state: dict | None = None) -> list[dict]:
         """One dict per row of ``outputs``, as the library, the CLI and the server return predictions."""
         raise NotImplementedError
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence[Any] | None, logits: torch.Tensor,
-                          label_names: list[str]) -> None:
+                          label_names: list[str], *, state: dict | None = None) -> None:
         """Per-text predictions of a split (``predictions_<split>.csv``)."""
         raise NotImplementedError
 

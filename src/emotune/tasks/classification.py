@@ -71,7 +71,8 @@ class Classification(Task):
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), -1)
 
-    def metrics(self, logits: torch.Tensor, targets: Sequence[int], label_names: list[str]) -> dict:
+    def metrics(self, logits: torch.Tensor, targets: Sequence[int], label_names: list[str], *,
+                state: dict | None = None) -> dict:
         loss = self.loss(logits, torch.as_tensor(list(targets))).item()
         return classification_metrics(np.asarray(targets), logits.argmax(-1).numpy(), label_names, loss)
 
@@ -81,13 +82,13 @@ class Classification(Task):
             raise ConfigError(f"train.metric=f1_pn needs classes named positive and negative; this data's labels "
                               f"are {', '.join(label_names)}")
 
-    def format(self, outputs: torch.Tensor, label_names: list[str]) -> list[dict]:
+    def format(self, outputs: torch.Tensor, label_names: list[str], *, state: dict | None = None) -> list[dict]:
         """The most probable label and every label's probability."""
         return [{"label": label_names[int(p.argmax())],
                  "probabilities": {name: float(v) for name, v in zip(label_names, p.tolist())}} for p in outputs]
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence[int] | None, logits: torch.Tensor,
-                          label_names: list[str]) -> None:
+                          label_names: list[str], *, state: dict | None = None) -> None:
         """text, gold label, prediction, its confidence and every class's probability."""
         probs = self.outputs(logits)
         buf = io.StringIO()

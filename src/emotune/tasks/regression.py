@@ -87,19 +87,20 @@ class Regression(Task):
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float()
 
-    def metrics(self, logits: torch.Tensor, targets: Sequence, label_names: list[str]) -> dict:
+    def metrics(self, logits: torch.Tensor, targets: Sequence, label_names: list[str], *,
+                state: dict | None = None) -> dict:
         y = np.asarray(targets, dtype=np.float64)
         pred = logits.float().numpy().astype(np.float64)
         std = np.maximum(y.std(0), 1e-6)  # the loss on this split's scale: standardised squared error
         loss = float(np.mean(((pred - y) / std) ** 2))
         return regression_metrics(y, pred, label_names, loss)
 
-    def format(self, outputs: torch.Tensor, label_names: list[str]) -> list[dict]:
+    def format(self, outputs: torch.Tensor, label_names: list[str], *, state: dict | None = None) -> list[dict]:
         """Every target's predicted value."""
         return [{"values": {name: float(v) for name, v in zip(label_names, row.tolist())}} for row in outputs]
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence | None, logits: torch.Tensor,
-                          label_names: list[str]) -> None:
+                          label_names: list[str], *, state: dict | None = None) -> None:
         """text, then gold and predicted value of every target."""
         buf = io.StringIO()
         w = csv.writer(buf)
