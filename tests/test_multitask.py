@@ -58,6 +58,14 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert again.override(["multitask.sampling=round_robin"]).multitask.sampling == "round_robin"
 
 
+def test_grids_take_a_multitask_base_and_axes():
+    from emotune.experiments.grid import Grid
+    base = RunConfig.from_dict({"multitask": {"tasks": [{"name": "e", "data": {"name": "emotion"}}]}}).to_dict()
+    cells = Grid.from_dict({"base": base, "axes": {"multitask.temperature": [1.0, 5.0]}}).cells
+    assert [c.config.multitask.temperature for c in cells] == [1.0, 5.0]
+    assert all(c.config.multitask.tasks[0].name == "e" for c in cells)
+
+
 def test_sampling_shares():
     def shares(sampling, **kw):
         tasks = [{"name": "a", "share": kw.get("a")}, {"name": "b"}, {"name": "c"}]

@@ -298,7 +298,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "RunConfig":
         if d is not None and not isinstance(d, dict):
-            raise ConfigError(f"a run config is a mapping of sections (data, model, method, train), "
+            raise ConfigError(f"a run config is a mapping of sections (data, model, method, train, multitask), "
                               f"got {type(d).__name__}")
         d = dict(d or {})
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}

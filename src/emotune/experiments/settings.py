@@ -3,6 +3,7 @@ axes, search spaces and ``--set`` overrides share, plus short labels for run nam
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -12,7 +13,7 @@ import yaml
 from ..config import RunConfig, is_text_field, read_yaml, yaml_error_line
 from ..errors import ConfigError
 
-SECTIONS = ("data", "model", "method", "train")
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))  # data, model, method, train, multitask
 # YAML 1.1 (PyYAML) reads 2e-5 and 1e-3 as strings: exponent numbers without a dot.
 _EXPONENT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")
 # Short names for run folders and column headers; anything else uses the field's own name.
