@@ -260,8 +260,8 @@ def zeroshot(
 @friendly
 def ensemble(
     members: list[Path] = typer.Argument(..., help="Two or more finished run folders on the same data and labels "
-                                                   "(e.g. one configuration trained with several --seed values "
-                                                   "and --set data.seed=42)."),
+                                                   "(any task type, multi-task too; e.g. one configuration "
+                                                   "trained with several --seed values and --set data.seed=42)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
     weight: list[float] = typer.Option([], "--weight", "-w", help="One weight per member, in order "
                                                                  "(repeatable; default: a plain mean)."),
@@ -270,8 +270,9 @@ def ensemble(
     overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Average the class probabilities of finished runs: a run folder like a trained one, validated on the
-    members' own validation split (evaluate, predict, serve, report)."""
+    """Average the outputs of finished runs (class or label probabilities, regression values; per task for
+    multi-task runs): a run folder like a trained one, validated on the members' own validation split
+    (evaluate, predict, serve, report)."""
     from . import api
     from .runs import Run
 
@@ -735,7 +736,7 @@ def export_run(
     r = export_merged(run_dir, out_dir, stock_only=stock, overwrite=overwrite)
     load = (f"AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}, use_safetensors=True"
             f"{', trust_remote_code=True' if r.trust_remote_code else ''})")
-    out.print(escape(f"exported {run_dir} -> {out_dir} ({r.model_class}; probabilities within {r.max_abs_diff:.1e} "
+    out.print(escape(f"exported {run_dir} -> {out_dir} ({r.model_class}; outputs within {r.max_abs_diff:.1e} "
                      f"of emotune's on the check texts)\nload with: {load}"), highlight=False)
 
 

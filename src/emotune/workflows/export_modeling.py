@@ -6,7 +6,9 @@ trust_remote_code=True)`` then builds it. It must stay standalone (imports only 
 
 The model is emotune's classifier: any Transformers encoder (its config is stored under ``encoder``) ->
 pooling (``mean``: masked average of the token vectors; ``cls``: the first token's vector; ``pooler``: the
-encoder's own pooler output) -> dropout -> ``classifier`` (a linear layer). The config has its own
+encoder's own pooler output) -> dropout -> ``classifier`` (a linear layer), or for a multi-task model one
+linear head per task (``heads``, config ``heads``: [{name, num_labels}]), the logits being the heads' logits
+side by side (``config.emotune["tasks"]`` gives each task's columns and type). The config has its own
 ``model_type``, so loading without ``trust_remote_code=True`` fails loudly instead of silently building a
 stock class with a different pooling.
 """
@@ -25,10 +27,11 @@ class EmotuneClassifierConfig(PretrainedConfig):
     model_type = "emotune-classifier"
 
     def __init__(self, encoder: dict | None = None, pooling: str = "mean", classifier_dropout: float = 0.1,
-                 **kwargs):
+                 heads: list[dict] | None = None, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         self.encoder = dict(encoder or {})
+        self.heads = [dict(h) for h in heads] if heads else None
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
         super().__init__(**kwargs)
@@ -52,11 +55,18 @@ class EmotuneForSequenceClassification(PreTrainedModel):
             self.encoder.pooler = None  # unused by mean/cls pooling (and not in the saved weights)
         self.pooling = config.pooling
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(encoder_config.hidden_size, config.num_labels)
+        if config.heads:  # multi-task: a head per task, outputs side by side in this order
+            self.classifier = None
+            self.heads = nn.ModuleDict({h["name"]: nn.Linear(encoder_config.hidden_size, h["num_labels"])
+                                        for h in config.heads})
+        else:
+            self.classifier = nn.Linear(encoder_config.hidden_size, config.num_labels)
+            self.heads = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear) and module is self.classifier:  # the encoder initialises itself
+        own = [self.classifier] if self.heads is None else list(self.heads.values())
+        if isinstance(module, nn.Linear) and any(module is m for m in own):  # the encoder initialises itself
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
@@ -73,7 +83,18 @@ class EmotuneForSequenceClassification(PreTrainedModel):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = self.classifier(self.dropout(pooled))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        pooled = self.dropout(pooled)
+        if self.heads is None:
+            logits = self.classifier(pooled)
+        else:
+            logits = torch.cat([head(pooled) for head in self.heads.values()], -1)
+        loss = None
+        if labels is not None and self.heads is None:  # a multi-task loss needs each task's rows: not here
+            if self.config.problem_type == "regression":
+                loss = nn.functional.mse_loss(logits, labels.to(logits.dtype))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                         attentions=out.attentions)
