@@ -222,3 +222,45 @@ def test_an_exported_multitask_run_reloads_with_every_heads_outputs(runs, tmp_pa
     predicted = [[n for n, p in zip(names, row) if p >= cut[n]] for row in scores.tolist()]
     assert predicted == [w["tasks"]["feel"]["labels"] for w in want]
     assert np.isfinite(logits.numpy()).all()
+
+
+def multilabel_run(model: str, data: Path, out: Path, seed: int) -> Path:
+    cfg = RunConfig()
+    cfg.data.name, cfg.data.label_column, cfg.data.label_delimiter = str(data), "labels", ","
+    cfg.model.name, cfg.method = model, {"name": "full"}
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.batch_size, cfg.train.precision = 6, 6, 16, "fp32"
+    cfg.train.lr, cfg.train.patience, cfg.train.seed = 2e-3, None, seed
+    api.train(cfg, out, progress=False)
+    return out
+
+
+def test_multilabel_ensemble_and_export(runs, tiny_model, tmp_path):
+    """Mean probabilities at the members' mean thresholds, scored by the task's own metrics; the export's sigmoid
+    outputs are the run's scores and its config carries the thresholds."""
+    from emotune.tasks import MULTILABEL
+    from emotune.workflows.export import export_merged
+
+    members = [multilabel_run(tiny_model, runs["root"] / "ml", tmp_path / f"ml-{s}", s) for s in (1, 2)]
+    metrics = ensemble(members, tmp_path / "ens")
+    run = Run.open(tmp_path / "ens")
+    states = [Run.open(m).task_state["thresholds"] for m in members]
+    cut = run.task_state["thresholds"]
+    assert cut == pytest.approx({k: (states[0][k] + states[1][k]) / 2 for k in cut})
+
+    def scores(folder, texts):
+        return torch.tensor([list(r["scores"].values()) for r in api.predict(folder, texts, precision="fp32")])
+
+    a, b = (scores(m, MT_TEXTS) for m in members)
+    assert (a - b).abs().max() > 1e-4 and torch.allclose(scores(run.path, MT_TEXTS), (a + b) / 2, atol=1e-5)
+    val = load_data(run.config.data, run.config.train.seed)["validation"]
+    mean = sum(scores(m, val.texts) for m in members) / 2
+    want = MULTILABEL.metrics(torch.logit(mean.double()).float(), val.labels, run.labels, state=run.task_state)
+    for key in ("f1_micro", "f1_macro", "jaccard", "exact_match"):
+        assert metrics["validation"][key] == pytest.approx(want[key]), key
+
+    export_merged(members[0], tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["emotune"]["task_state"] == Run.open(members[0]).task_state
+    got = torch.sigmoid(hf_logits(tmp_path / "export", MT_TEXTS, trust_remote_code=True))
+    assert torch.allclose(got, a, atol=1e-5)

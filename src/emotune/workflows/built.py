@@ -103,7 +103,8 @@ def _build_into(cfg: RunConfig, out: Path, progress: bool) -> dict:
             logits = {name: predict_logits(counting, e, cfg.train.eval_batch_size, device, pad_id, mode.compute)
                       for name, e in enc.items()}
         gold = {name: v.labels for name, v in val.items()}
-        metrics = task.metrics(logits, gold, labels, state=state)  # per task and their mean score
+        # Per task and their mean score; the state only where there is one (a multi-label task's thresholds).
+        metrics = task.metrics(logits, gold, labels, **({} if state is None else {"state": state}))
         for p in task.parts:
             p.task.write_predictions(out / predictions_file("validation", p.name), val[p.name].texts, gold[p.name],
                                      logits[p.name][:, p.columns], p.labels, state=(state or {}).get(p.name))

@@ -20,10 +20,10 @@ weights) and evaluates, predicts, serves and reports like any run; its metrics a
 
 The members must read the same tokens (one tokenizer: the same ``model.name``, and for classic models the
 same vocabulary), predict the same task type (multi-task: the same tasks, in order, each of the same type),
-share the label set (regression: the target names) in the same order, and have trained and validated on the same examples
-(checked when the ensemble is made: ``data.seed`` keeps the carved validation split of runs that differ in
-``train.seed``). The ensemble's validation split is then the members' own, so its validation figures compare
-with theirs and no member has seen a validation example.
+share the label set (regression: the target names) in the same order, and have trained and validated on the
+same examples (checked when the ensemble is made: ``data.seed`` keeps the carved validation split of runs that
+differ in ``train.seed``). The ensemble's validation split is then the members' own, so its validation figures
+compare with theirs and no member has seen a validation example.
 """
 
 from __future__ import annotations
