@@ -4,6 +4,7 @@ reloads with identical outputs, uncertainty weighting, curriculum stages resumed
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -182,3 +183,33 @@ def test_the_cli_trains_a_multitask_config_and_prints_a_table_per_task(tiny_mode
     missing = subprocess.run([sys.executable, "-m", "emotune.cli", "train", "--out", str(tmp_path / "x")],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "name a data set" in missing.stderr
+
+
+def test_a_multilabel_task_keeps_its_thresholds_and_label_priors(tiny_model, toy_data, tmp_path):
+    from .test_multilabel import write_multilabel_folder
+
+    ml = write_multilabel_folder(tmp_path / "ml")
+    cfg = tiny_config(tiny_model, toy_data).with_values({"multitask.tasks": [
+        {"name": "emotion", "data": {"name": "emotion"}},
+        {"name": "feel", "data": {"name": str(ml), "task": "multilabel", "label_column": "labels",
+                                  "label_delimiter": ","}}]})
+    # A fresh multi-label head starts at its labels' training log-odds; the classification head as built.
+    task = MultiTask(cfg, flat_labels({"emotion": ["a", "b"], "feel": ["x", "y"]}))
+    head = task.head(4, 4)
+    before = head.heads["emotion"].bias.detach().clone()
+    task.init_head(head, {"emotion": [0, 1], "feel": [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]})
+    assert torch.equal(head.heads["emotion"].bias, before)
+    assert head.heads["feel"].bias.tolist() == pytest.approx([math.log(0.6 / 0.4), math.log(0.2 / 0.8)], rel=1e-5)
+
+    out = tmp_path / "run"
+    m = api.train(cfg, out, progress=False)
+    state = json.loads((out / "task_state.json").read_text())
+    run = Run.open(out)
+    assert set(state) == {"feel"} and set(state["feel"]["thresholds"]) == set(run.task.part("feel").labels)
+    # The fitted thresholds are what validation, evaluate and predict use.
+    again = api.evaluate(out, "validation")["feel"]
+    assert [again[k] for k in ("f1_micro", "f1_macro", "jaccard")] == \
+        [m["validation"]["feel"][k] for k in ("f1_micro", "f1_macro", "jaccard")]
+    pred = api.predict(out, ["today i am happy now"])[0]["tasks"]["feel"]
+    thresholds = state["feel"]["thresholds"]
+    assert pred["labels"] == [k for k, v in pred["scores"].items() if v >= thresholds[k]]

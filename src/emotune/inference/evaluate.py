@@ -67,10 +67,11 @@ def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str |
                                            predictor.device, predictor.pad_id, predictor.dtype)
         gold[part.name] = data[split].labels
         part.task.write_predictions(run.path / predictions_file(split, part.name), texts, gold[part.name],
-                                    logits[part.name][:, part.columns], part.labels)
+                                    logits[part.name][:, part.columns], part.labels,
+                                    state=(run.task_state or {}).get(part.name))
     if not logits:
         raise DataError(f"no task of {run.path} has a {split} split ({'; '.join(missing.values())})")
-    metrics = {**task.metrics(logits, gold, run.labels), "precision": predictor.precision}
+    metrics = {**task.metrics(logits, gold, run.labels, state=run.task_state), "precision": predictor.precision}
     if missing:
         metrics["missing"] = missing  # the score is the mean over the tasks evaluated
     run.update_metrics(**{split: metrics})

@@ -104,9 +104,23 @@ class MultiTask(Task):
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.cat([p.task.outputs(logits[:, p.columns]) for p in self.parts], -1)
 
-    def format(self, outputs: torch.Tensor, label_names: list[str], **kw) -> list[dict]:
+    def init_head(self, head: nn.Module, targets: dict[str, Sequence[Any]]) -> None:
+        """Each task's head from its own training targets (``targets``: task name -> targets)."""
+        for p in self.parts:
+            if p.name in targets:
+                p.task.init_head(head.heads[p.name], targets[p.name])
+
+    def fit_state(self, logits: Any, targets: Any, label_names: list[str]) -> dict | None:
+        """Each task's fitted state (multilabel thresholds), keyed by task; None when no task fits any."""
+        state = {p.name: p.task.fit_state(logits[p.name][:, p.columns], targets[p.name], p.labels)
+                 for p in self.parts if p.name in logits}
+        state = {name: s for name, s in state.items() if s is not None}
+        return state or None
+
+    def format(self, outputs: torch.Tensor, label_names: list[str], *, state: dict | None = None) -> list[dict]:
         """One entry per task, each in its task type's format: {"tasks": {name: {...}}}."""
-        per = {p.name: p.task.format(outputs[:, p.columns], p.labels) for p in self.parts}
+        state = state or {}
+        per = {p.name: p.task.format(outputs[:, p.columns], p.labels, state=state.get(p.name)) for p in self.parts}
         return [{"tasks": {name: rows[i] for name, rows in per.items()}} for i in range(len(outputs))]
 
     def score(self, per_task: dict[str, dict]) -> float:
@@ -115,9 +129,12 @@ class MultiTask(Task):
                   for p in self.parts if p.name in per_task]
         return float(sum(values) / len(values))
 
-    def metrics(self, logits: Any, targets: Any, label_names: list[str]) -> dict:
-        """``logits`` and ``targets``: {task: the full model logits on that task's texts, its gold targets}."""
-        per = {p.name: p.task.metrics(logits[p.name][:, p.columns], targets[p.name], p.labels)
+    def metrics(self, logits: Any, targets: Any, label_names: list[str], *, state: dict | None = None) -> dict:
+        """``logits`` and ``targets``: {task: the full model logits on that task's texts, its gold targets};
+        ``state``: the run's fitted state keyed by task (multilabel thresholds)."""
+        state = state or {}
+        per = {p.name: p.task.metrics(logits[p.name][:, p.columns], targets[p.name], p.labels,
+                                      state=state.get(p.name))
                for p in self.parts if p.name in logits}
         return {SCORE: self.score(per), **per}
 

@@ -26,7 +26,7 @@ from ..data.encode import Encoded, batches, collate, encode
 from ..errors import ConfigError, DataError
 from ..io import load_tensors, write_json, write_text
 from ..models.vocab import WordTokenizer
-from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, VOCAB, Run, build_model, predictions_file
+from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, TASK_STATE, VOCAB, Run, build_model, predictions_file
 from ..tasks import REGRESSION, MultiTask, flat_labels, target_statistics
 from .evaluate import predict_logits
 from .loop import Trainer, TrainResult
@@ -145,6 +145,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     targets = {p.name: target_statistics(data[p.name]["train"].labels) for p in task.parts if p.task is REGRESSION}
     model, tokenizer, _ = build_model(cfg, len(labels), texts=[t for d in data.values() for t in d["train"].texts],
                                       targets=targets or None, labels=labels)
+    task.init_head(model.head, {n: d["train"].labels for n, d in data.items()})  # multilabel: label priors
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, label_sets)
@@ -186,14 +187,23 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     log_vars = getattr(model.head, "log_vars", None)
     if log_vars is not None:
         summary["learned_loss_weights"] = dict(zip(label_sets, torch.exp(-log_vars.float()).tolist()))
-    for p in task.parts:  # the best weights are back in the model: per-task validation predictions
-        logits = predict_logits(trainer.model, enc["validation"][p.name], cfg.train.eval_batch_size, trainer.device,
-                                pad, trainer.dtype)
+    # The best weights are back in the model: per-task validation logits, what the tasks fit on them (multilabel
+    # thresholds, kept as task_state.json keyed by task) and the per-task validation predictions.
+    logits = {p.name: predict_logits(trainer.model, enc["validation"][p.name], cfg.train.eval_batch_size,
+                                     trainer.device, pad, trainer.dtype) for p in task.parts}
+    gold = {n: d["validation"].labels for n, d in data.items()}
+    state = task.fit_state(logits, gold, labels)
+    validation = result.best_metrics
+    if state is not None:
+        write_json(out / TASK_STATE, state)
+        validation = task.metrics(logits, gold, labels, state=state)
+    for p in task.parts:
         p.task.write_predictions(out / predictions_file("validation", p.name), data[p.name]["validation"].texts,
-                                 data[p.name]["validation"].labels, logits[:, p.columns], p.labels)
+                                 gold[p.name], logits[p.name][:, p.columns], p.labels,
+                                 state=(state or {}).get(p.name))
     metrics = Run.open(out).update_metrics(
         completed=True, data={n: {s: len(v) for s, v in d.splits.items()} for n, d in data.items()},
-        train=summary, validation=result.best_metrics)
+        train=summary, validation=validation)
     trainer.finish()
     if len(stages) > 1:
         for k in range(len(stages) - 1):  # earlier stages' checkpoints: their stage is long finished
