@@ -213,3 +213,12 @@ def test_a_multilabel_task_keeps_its_thresholds_and_label_priors(tiny_model, toy
     pred = api.predict(out, ["today i am happy now"])[0]["tasks"]["feel"]
     thresholds = state["feel"]["thresholds"]
     assert pred["labels"] == [k for k, v in pred["scores"].items() if v >= thresholds[k]]
+
+
+def test_huber_applies_to_the_regression_tasks_only():
+    cfg = RunConfig.from_dict({"multitask": {"tasks": [{"name": "e", "data": {"name": "emotion"}},
+                                                       {"name": "v", "data": {"name": "x", "task": "regression"}}]}})
+    MultiTask(cfg, ["e:joy", "e:sad", "v:V"]).check_loss("huber")
+    only_classes = MultiTask(cfg.with_values({"multitask.tasks": cfg.to_dict()["multitask"]["tasks"][:1]}), ["e:joy"])
+    with pytest.raises(ConfigError, match="applies to none of the tasks"):
+        only_classes.check_loss("huber")

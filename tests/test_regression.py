@@ -68,6 +68,32 @@ def test_head_predicts_on_the_targets_scale_and_the_loss_is_standardised():
     assert loss.item() == pytest.approx(1.0)  # one standard deviation off on both targets
 
 
+def test_huber_loss_is_linear_beyond_one_standard_deviation():
+    weight = REGRESSION.loss_weights(None, [[1.0, 10.0], [3.0, 30.0]], 2, torch.device("cpu"))  # std 1 and 10
+    pred, gold = torch.tensor([[2.5, 50.0]]), torch.tensor([[2.0, 20.0]])  # 0.5 and 3 standard deviations off
+    huber = REGRESSION.loss(pred, gold, weight, "huber")
+    assert huber.item() == pytest.approx((0.5 * 0.5**2 + (3 - 0.5)) / 2)
+    assert REGRESSION.loss(pred, gold, weight, "mse").item() == pytest.approx((0.5**2 + 3**2) / 2)
+    assert torch.equal(REGRESSION.loss(pred, gold, weight), REGRESSION.loss(pred, gold, weight, "mse"))
+
+
+def test_huber_trains_regression_and_is_refused_elsewhere(tiny_model, toy_data, tmp_path):
+    from emotune.errors import ConfigError
+
+    from .conftest import tiny_config
+
+    data = write_regression_folder(tmp_path / "data")
+    cfg = tiny_config(tiny_model, toy_data).with_values({"data.name": str(data), "data.target_columns": ["V", "A"],
+                                                         "train.loss": "huber", "train.max_steps": 5})
+    m = api.train(cfg, tmp_path / "run", progress=False)
+    assert m["completed"] and Run.open(tmp_path / "run").config.train.loss == "huber"
+    with pytest.raises(ConfigError, match="does not apply to classification"):
+        api.train(tiny_config(tiny_model, toy_data).with_values({"train.loss": "huber"}), tmp_path / "c",
+                  progress=False)
+    with pytest.raises(ConfigError, match="train.loss must be"):
+        RunConfig.from_dict({"train": {"loss": "l1"}})
+
+
 def test_a_regression_run_on_target_columns_trains_reloads_and_predicts_values(tiny_model, tmp_path):
     data = write_regression_folder(tmp_path / "data")
     cfg = RunConfig()

@@ -151,6 +151,10 @@ class TrainConfig:
                                          "count), as scikit-learn's class_weight='balanced' (lifts the recall "
                                          "of rare classes, i.e. macro recall); None: plain cross-entropy. "
                                          "Validation loss stays unweighted.")
+    loss: str | None = _f(None, "Regression loss: `mse` (None: the default) or `huber` (delta 1 on targets "
+                                "standardised by their training spread: errors beyond one standard deviation "
+                                "count linearly, so outliers pull less). Classification and multi-label "
+                                "have one loss each.")
     patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
                                  "None disables early stopping.")
     max_epochs: float = _f(10, "Upper bound on passes over the training data.")
@@ -179,6 +183,8 @@ class TrainConfig:
         _positive("train.max_grad_norm", self.max_grad_norm, optional=True)
         _in_range("train.weight_decay", self.weight_decay, 0, None)
         _in_range("train.warmup_ratio", self.warmup_ratio, 0, 1, optional=True)
+        if self.loss not in (None, "mse", "huber"):
+            raise ConfigError(f"train.loss must be mse, huber or null, got {self.loss!r}")
 
 
 def _number(name: str, value: Any, optional: bool) -> bool:

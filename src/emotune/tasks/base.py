@@ -45,7 +45,17 @@ class Task:
         """Per-output loss weights from the training targets (``train.class_weights``); None: unweighted."""
         return None
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    losses: tuple[str, ...] = ()
+    """The ``train.loss`` choices this task offers (the first is its default); empty: it has one loss."""
+
+    def check_loss(self, kind: str | None) -> None:
+        if kind is not None and kind not in self.losses:
+            raise ConfigError(f"train.loss={kind} does not apply to {self.name or 'this'} runs "
+                              f"({'choose ' + ' or '.join(self.losses) if self.losses else 'they have one loss'})")
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             kind: str | None = None) -> torch.Tensor:
+        """The training loss (``kind``: ``train.loss``, one of ``losses``; None: the default)."""
         raise NotImplementedError
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:

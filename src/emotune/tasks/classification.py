@@ -65,7 +65,8 @@ class Classification(Task):
                      device: torch.device) -> torch.Tensor | None:
         return class_weights(how, list(targets), num_outputs, device)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             kind: str | None = None) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float(), targets, weight=weight)
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,8 @@ class MultiLabel(Task):
         weights = np.divide(len(y) - pos, pos, out=np.ones(num_outputs), where=pos > 0)
         return torch.tensor(weights, dtype=torch.float32, device=device)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             kind: str | None = None) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:

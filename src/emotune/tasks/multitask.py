@@ -93,6 +93,12 @@ class MultiTask(Task):
                 self.parts.append(Part(name, task, names, slice(start, start + len(names)), metric, spec.weight))
                 start += len(names)
 
+    def check_loss(self, kind: str | None) -> None:
+        """``train.loss`` applies to the tasks that offer it (huber: the regression tasks)."""
+        if kind is not None and not any(kind in p.task.losses for p in self.parts):
+            raise ConfigError(f"train.loss={kind} applies to none of the tasks "
+                              f"({', '.join(f'{p.name}: {p.task.name}' for p in self.parts)})")
+
     def part(self, name: str) -> Part:
         return next(p for p in self.parts if p.name == name)
 

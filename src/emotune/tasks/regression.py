@@ -1,8 +1,8 @@
 """Regression: one or more continuous targets (e.g. EmoBank's valence, arousal and dominance).
 
-The head predicts on the targets' own scale around their training mean; the loss is the mean squared error of
-targets standardised by their training spread (each target weighs the same whatever its scale); Pearson r
-selects checkpoints."""
+The head predicts on the targets' own scale around their training mean; the loss is the mean squared error (or,
+with ``train.loss=huber``, the Huber loss) of targets standardised by their training spread (each target weighs
+the same whatever its scale); Pearson r selects checkpoints."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ class Regression(Task):
     name = "regression"
     default_metric = "pearson"
     metrics_higher_is_better = {"pearson": True, "spearman": True, "mse": False, "mae": False}
+    losses = ("mse", "huber")
 
     def head(self, in_features: int, num_outputs: int) -> nn.Module:
         return RegressionHead(in_features, num_outputs)
@@ -80,9 +81,16 @@ class Regression(Task):
         std = torch.tensor(target_statistics(targets)["std"], dtype=torch.float32, device=device)
         return 1.0 / std**2
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        err = (logits.float() - targets.float()) ** 2
-        return (err * weight).mean() if weight is not None else err.mean()
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             kind: str | None = None) -> torch.Tensor:
+        """Squared (or Huber, delta 1) error of the targets standardised by their training spread (``weight``
+        = 1 / variance per target, from ``loss_weights``)."""
+        err = logits.float() - targets.float()
+        if weight is not None:
+            err = err * weight.sqrt()
+        if kind == "huber":
+            return nn.functional.huber_loss(err, torch.zeros_like(err), delta=1.0)
+        return (err**2).mean()
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float()

@@ -117,6 +117,7 @@ class Trainer:
                  task: Task | None = None):
         self.task = task or task_for()
         self.task.check_metric(cfg.metric, label_names)
+        self.task.check_loss(cfg.loss)
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.train_data, self.val_data, self.label_names = train, validation, label_names
         self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id
@@ -283,7 +284,7 @@ class Trainer:
         labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
         with autocast(self.device, self.dtype):
             logits = self.model(**batch)
-        return self.task.loss(logits, labels, self.class_weights)
+        return self.task.loss(logits, labels, self.class_weights, self.cfg.loss)
 
     def train_step(self, idx: list[int], step: int) -> float:
         loss = self.batch_loss(idx)

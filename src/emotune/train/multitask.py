@@ -108,7 +108,8 @@ class MultiTaskTrainer(Trainer):
         targets = torch.tensor([data.labels[i] for i in idx], device=self.device)
         with autocast(self.device, self.dtype):
             logits = self.model(**batch)
-        loss = part.task.loss(logits[:, part.columns], targets, self.part_weights[name])
+        kind = self.cfg.loss if self.cfg.loss in part.task.losses else None
+        loss = part.task.loss(logits[:, part.columns], targets, self.part_weights[name], kind)
         log_vars = getattr(self.model.head, "log_vars", None)
         if log_vars is not None:
             s = log_vars[self.index[name]].float()
