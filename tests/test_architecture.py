@@ -116,3 +116,17 @@ def test_the_training_loop_is_imported_only_by_what_trains():
 
 def test_the_method_registry_imports_none_of_its_users():
     assert {t for t in imports()["emotune.methods"] if not t.startswith("emotune.methods")} == set()
+
+
+def test_run_file_names_are_spelled_only_in_runs_py():
+    """runs.py owns the run folder: elsewhere its file names come from its constants, never string literals."""
+    from emotune.runs import RUN_FILES
+
+    spelled = []
+    for name, path in modules().items():
+        if name == "emotune.runs":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES:
+                spelled.append(f"{name}:{node.lineno} {node.value!r}")
+    assert not spelled, spelled
