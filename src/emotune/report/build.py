@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,10 @@ from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..runs import predictions_file
 from ..tasks import HIGHER_IS_BETTER
-from . import plots, tables
+from . import plots, sections, tables
 from .analysis import report_section
-from .collect import Collection, Entry, choose, collect, hyper_label, sort_key, varying
+from .collect import (Collection, Entry, choose, collect, family_metric, hyper_label, is_multitask, parts, slug,
+                      sort_key, task_kind, varying)
 from .render import Block, Figure, Heading, Table, Text, to_html, to_markdown
 
 
@@ -32,11 +32,9 @@ class ReportResult:
     """Runs evaluated on test by this call (the others already had test figures)."""
     figures: list[Path] = field(default_factory=list)
     metric: str = "accuracy"
-    """The validation metric that chose each family's run."""
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "family"
+    """The report's validation metric: the one that chose each family's run where the family's task has it."""
+    metrics: dict[str, str] = field(default_factory=dict)
+    """Family -> the validation metric that chose its run."""
 
 
 def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None = None, examples: int = 5,
@@ -56,41 +54,30 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
         own = {e.run.config.train.metric for e in col.entries if e.run is not None}
         metric = own.pop() if len(own) == 1 else "accuracy"
     families = dict(sorted(col.families().items(), key=_family_order))
-    chosen = {fam: choose(es, metric) for fam, es in families.items()}
+    # Each family is chosen on a metric its task has: the report's where it applies (classification reports:
+    # always), else the family's own (a regression family among classification ones: pearson).
+    metrics = {fam: family_metric(es, metric) for fam, es in families.items()}
+    chosen = {fam: choose(es, metrics[fam]) for fam, es in families.items()}
     evaluated = _test_chosen(list(chosen.values()) + col.retrained, evaluate_test, data_dir)
     title = title or f"emotune report: {', '.join(sorted(families)) or 'runs'}"
 
-    blocks: list[Block] = [Heading(title, 1), Text(_intro(col, metric, note))]
+    blocks: list[Block] = [Heading(title, 1), Text(_intro(col, metric, metrics, note))]
     figures: list[Path] = []
     keys: dict[str, list[str]] = {}
     for fam, es in families.items():
         keys[fam] = varying(es)
-        es = sorted(es, key=lambda e: sort_key(e, keys[fam]))
-        shown = _limit(es, chosen[fam], metric, max_columns)
-        blocks.append(Heading(f"Validation: {fam}", 2))
-        more = (f" Shown: the best {len(shown)} on validation; all {len(es)} are in `runs.csv`."
-                if len(shown) < len(es) else "")
-        blocks.append(Text(f"{len(es)} run(s); columns are the hyper-parameters that differ; ★ marks the run "
-                           f"chosen on validation {metric}.{more}"))
-        blocks.append(tables.validation_table(shown, keys[fam], chosen[fam]))
-        path = plots.curves_plot(shown, keys[fam], chosen[fam], out / f"curves-{slug(fam)}.png", fam, metric)
-        figures.append(path)
-        blocks.append(Figure(path, f"Learning curves, {fam}: validation {metric} and losses against the step."))
+        more, figs = _validation(fam, sorted(es, key=lambda e: sort_key(e, keys[fam])), keys[fam], chosen[fam],
+                                 metrics[fam], max_columns, out)
+        blocks += more
+        figures += figs
 
     if chosen:
-        blocks += [Heading("Test: the chosen run of each family", 2),
-                   Text(f"Each family's best run on validation {metric}, evaluated once on the test split."),
-                   tables.test_table(chosen, keys, metric)]
-        path = plots.tradeoff_plot(col.entries, chosen, out / "tradeoff.png", metric)
-        figures.append(path)
-        blocks.append(Figure(path, f"Validation {metric} of every run against its trainable parameters: colour = "
-                                   "training runtime, area = peak memory; the chosen runs are ringed (their test "
-                                   "figures in the legend)."))
-        tested = {f: e for f, e in chosen.items() if e.value("test", "confusion_matrix")}
-        if tested:
-            path = plots.confusion_plot(tested, out / "confusion.png")
-            figures.append(path)
-            blocks.append(Figure(path, "Test confusion matrices of the chosen runs (rows: true label)."))
+        more, figs = _test(col, chosen, keys, metrics, out)
+        blocks += more
+        figures += figs
+        more, figs = sections.task_sections(chosen, out)  # regression, multi-label and multi-task detail
+        blocks += more + sections.versus_section(chosen)
+        figures += figs
         if examples > 0:
             blocks.append(Heading("Example test predictions", 2))
             blocks.append(Text(f"{examples} random right and {examples} random wrong predictions per chosen run "
@@ -112,8 +99,62 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
     write_text(md, to_markdown(blocks))
     write_text(page, to_html(blocks, title))
     write_text(out / "runs.csv", _runs_csv(col))
-    write_json(out / "summary.json", _summary(col, chosen, keys, metric))
-    return ReportResult(md, page, chosen, evaluated, figures, metric)
+    write_json(out / "summary.json", _summary(col, chosen, keys, metric, metrics))
+    return ReportResult(md, page, chosen, evaluated, figures, metric, metrics)
+
+
+LOSSES = {"classification": "cross-entropy loss", "multilabel": "binary cross-entropy loss",
+          "regression": "standardised squared error", "multitask": "training loss (tasks weighted)"}
+
+
+def _validation(fam: str, es: list[Entry], keys: list[str], chosen: Entry, metric: str, max_columns: int,
+                out: Path) -> tuple[list[Block], list[Path]]:
+    """A family's validation table and learning curves."""
+    shown = _limit(es, chosen, metric, max_columns)
+    more = (f" Shown: the best {len(shown)} on validation; all {len(es)} are in `runs.csv`."
+            if len(shown) < len(es) else "")
+    path = plots.curves_plot(shown, keys, chosen, out / f"curves-{slug(fam)}.png", fam, metric,
+                             LOSSES.get(task_kind(chosen), LOSSES["classification"]))
+    return [Heading(f"Validation: {fam}", 2),
+            Text(f"{len(es)} run(s); columns are the hyper-parameters that differ; ★ marks the run "
+                 f"chosen on validation {metric}.{more}"),
+            tables.validation_table(shown, keys, chosen),
+            Figure(path, f"Learning curves, {fam}: validation {metric} and losses against the step.")], [path]
+
+
+def _test(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]], metrics: dict[str, str],
+          out: Path) -> tuple[list[Block], list[Path]]:
+    """The chosen runs on test (a table per task type), the trade-off plot(s) and the confusion matrices."""
+    shared = set(metrics.values())
+    metric = f"validation {shared.pop()}" if len(shared) == 1 else "its validation selection metric"
+    blocks: list[Block] = [Heading("Test: the chosen run of each family", 2),
+                           Text(f"Each family's best run on {metric}, evaluated once on the test split.")]
+    kinds = {fam: task_kind(e) for fam, e in chosen.items()}
+    for kind in dict.fromkeys(kinds.values()):
+        group = {fam: e for fam, e in chosen.items() if kinds[fam] == kind}
+        caption = "" if len(set(kinds.values())) == 1 else f"{kind} families"
+        if kind == "classification":
+            table = tables.test_table(group, keys, metrics[next(iter(group))])
+            table.caption = caption
+        else:
+            table = tables.kind_test_table(group, keys, metrics, kind, caption)
+        blocks.append(table)
+    figures = []
+    for m in dict.fromkeys(metrics.values()):  # one trade-off plot per selection metric: values compare
+        fams = {f for f in chosen if metrics[f] == m}
+        name = "tradeoff.png" if len(set(metrics.values())) == 1 else f"tradeoff-{slug(m)}.png"
+        path = plots.tradeoff_plot([e for e in col.entries if e.family in fams],
+                                   {f: e for f, e in chosen.items() if f in fams}, out / name, m)
+        figures.append(path)
+        blocks.append(Figure(path, f"Validation {m} of every run against its trainable parameters: colour = "
+                                   "training runtime, area = peak memory; the chosen runs are ringed (their test "
+                                   "figures in the legend)."))
+    tested = {f: e for f, e in chosen.items() if e.value("test", "confusion_matrix")}
+    if tested:
+        path = plots.confusion_plot(tested, out / "confusion.png")
+        figures.append(path)
+        blocks.append(Figure(path, "Test confusion matrices of the chosen runs (rows: true label)."))
+    return blocks, figures
 
 
 def _family_order(item: tuple[str, list[Entry]]) -> tuple:
@@ -146,30 +187,57 @@ def _limit(entries: list[Entry], chosen: Entry, metric: str, n: int) -> list[Ent
     return [e for e in entries if id(e) in best]
 
 
-def _intro(col: Collection, metric: str, note: str) -> str:
-    data = sorted({f"`{e.run.config.data.name}`" for e in col.entries + col.retrained})
+def _intro(col: Collection, metric: str, metrics: dict[str, str], note: str) -> str:
+    data = sorted({f"`{name}`" for e in col.entries + col.retrained for name in _data_names(e)})
     models = sorted({f"`{e.run.config.model.name}`" for e in col.entries + col.retrained})
     sizes = sorted({" / ".join(f"{e.metrics['data'].get(s, '?')}" for s in ("train", "validation", "test"))
-                    for e in col.entries if "data" in e.metrics})
+                    for e in col.entries if "data" in e.metrics and not is_multitask(e)})  # multi-task: per task
+    chosen_on = (f"validation {metric}" if set(metrics.values()) <= {metric} else
+                 "each family's validation metric (" + ", ".join(f"{f}: {m}" for f, m in metrics.items()) + ")")
     text = (f"{len(col.entries)} finished run(s) in {len(col.families())} famil"
             f"{'y' if len(col.families()) == 1 else 'ies'}; data {', '.join(data)} "
             f"(train / validation / test examples: {'; '.join(sizes) or '?'}); model {', '.join(models)}. "
-            f"Runs are chosen on validation {metric}; only chosen runs are evaluated on test. "
+            f"Runs are chosen on {chosen_on}; only chosen runs are evaluated on test. "
             f"Generated {time.strftime('%Y-%m-%d %H:%M')}.")
     return f"{note}\n\n{text}" if note else text
 
 
+def _data_names(e: Entry) -> list[str]:
+    """The data a run trains on: a multi-task run's tasks' data sets (its own data.name is unused)."""
+    if is_multitask(e):
+        return [t.data.name for t in e.run.config.multitask.tasks]
+    return [e.run.config.data.name]
+
+
 def _examples(fam: str, e: Entry, keys: list[str], k: int, seed: int) -> list[Block]:
-    path = e.path / predictions_file("test")
     head = Heading(f"{fam} ({hyper_label(e, keys)})", 3)
+    if not is_multitask(e):
+        return [head, *_prediction_examples(e, predictions_file("test"), k, seed)]
+    blocks: list[Block] = [head]
+    for p in parts(e):  # a multi-task run: each task's own prediction file
+        blocks += [Text(f"Task **{p.name}**:"), *_prediction_examples(e, predictions_file("test", p.name), k, seed)]
+    return blocks
+
+
+def _prediction_examples(e: Entry, name: str, k: int, seed: int) -> list[Block]:
+    path = e.path / name
     if not path.is_file():
-        return [head, Text(f"No test predictions in `{e.name}`.")]
+        return [Text(f"No test predictions in `{e.name}`.")]
     preds = tables.read_predictions(path)
     if preds and "predicted" not in preds[0]:  # regression: gold and predicted value per target
-        return [head, Text(f"Per-text values of every target: `{e.name}/{path.name}`.")]
+        return [Text(f"Per-text values of every target: `{e.name}/{path.name}`.")]
+    if preds and "label" not in preds[0]:  # multi-label: gold and predicted label sets
+        exact = sum(tables.multilabel_exact(p) for p in preds)
+        return [Text(f"{exact} exactly right, {len(preds) - exact} not of {len(preds)} test examples (label "
+                     "sets)."), tables.multilabel_examples_table(preds, k, seed)]
     wrong = sum(p["label"] != p["predicted"] for p in preds)
-    return [head, Text(f"{len(preds) - wrong} right, {wrong} wrong of {len(preds)} test examples."),
+    return [Text(f"{len(preds) - wrong} right, {wrong} wrong of {len(preds)} test examples."),
             tables.examples_table(preds, k, seed)]
+
+
+QUALITY = ["loss", "accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro"]
+# Other task types' figures: a runs.csv column each only when some run has them (classification: none).
+EXTRA = ["f1_micro", "jaccard", "exact_match", "pearson", "spearman", "mse", "mae", "score"]
 
 
 def _runs_csv(col: Collection) -> str:
@@ -177,7 +245,8 @@ def _runs_csv(col: Collection) -> str:
     keys = varying(entries)
     buf = io.StringIO()
     w = csv.writer(buf)
-    quality = ["loss", "accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro"]
+    quality = QUALITY + [q for q in EXTRA if any(e.value(s, q) is not None for e in entries
+                                                  for s in ("validation", "test"))]
     train = ["runtime_s", "steps", "best_step", "steps_per_s", "samples_per_s", "peak_memory_mb", "trainable_params",
              "trainable_pct"]
     w.writerow(["run", "family", "status", *keys, *[f"val_{q}" for q in quality], *[f"test_{q}" for q in quality],
@@ -201,12 +270,14 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _summary(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str) -> dict:
+def _summary(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str,
+             metrics: dict[str, str]) -> dict:
     def brief(e: Entry) -> dict:
+        # Plus the family's own metric where it is none of these (pearson, f1_micro, score).
+        shown = list(dict.fromkeys(("accuracy", "f1_weighted", "loss", metrics.get(e.family, "accuracy"))))
         return {"run": e.name, "hyper_parameters": hyper_label(e, keys.get(e.family, [])),
-                "validation": {k: e.value("validation", k) for k in ("accuracy", "f1_weighted", "loss")},
-                "test": {k: e.value("test", k) for k in ("accuracy", "f1_weighted", "loss")} if "test" in e.metrics
-                else None,
+                "validation": {k: e.value("validation", k) for k in shown},
+                "test": {k: e.value("test", k) for k in shown} if "test" in e.metrics else None,
                 "train": {k: e.value("train", k) for k in ("runtime_s", "steps", "best_step", "peak_memory_mb",
                                                            "trainable_params", "trainable_pct")}}
 

@@ -8,6 +8,7 @@ keyed by method name; a method without an entry is its own family.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from ..errors import RunError
 from ..experiments.settings import flatten, labels
 from ..models import is_classic
 from ..runs import METRICS, READ_ERRORS, Run, find_runs, read_history, unreadable
-from ..tasks import HIGHER_IS_BETTER
+from ..tasks import HIGHER_IS_BETTER, SCORE, TASKS
 
 # Config keys that never distinguish runs in a table (where the data lives, how many threads ran).
 IGNORED_KEYS = {"data.data_dir", "train.threads", "train.device", "train.checkpoint"}
@@ -113,21 +114,82 @@ def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -
     datasets = {data_name(e) for e in entries}
     models = {e.run.config.model.name for e in entries}
     for e in entries:
-        prefix = [Path(data_name(e)).name] if len(datasets) > 1 else []
+        # A multi-task run always names its tasks: it must never share a family with single-task runs.
+        prefix = [Path(data_name(e)).name] if len(datasets) > 1 or is_multitask(e) else []
         model = e.run.config.model.name
         if is_classic(model):  # a classic model is its own family (its method is always `full`)
             e.family = " · ".join(prefix + [f"{model} (classic)"])
             continue
         prefix += [Path(model).name] if len(models) > 1 else []
         e.family = " · ".join(prefix + [method_family(e.run.config.method)])
+    _split_kinds(entries)
     finished = [e for e in entries if e.metrics.get("completed")]
     return Collection([e for e in finished if not e.retrained], [e for e in finished if e.retrained],
                       [e for e in entries if not e.metrics.get("completed")])
 
 
+def _split_kinds(entries: list[Entry]) -> None:
+    """One task type per family: the same data trained as another task (emotion as multilabel) is named so."""
+    kinds: dict[str, set[str]] = {}
+    for e in entries:
+        kinds.setdefault(e.family, set()).add(task_kind(e))
+    for e in entries:
+        if len(kinds[e.family]) > 1 and task_kind(e) != "classification":
+            e.family += f" ({task_kind(e)})"
+
+
 def data_name(e: Entry) -> str:
-    """The data set's name; a run retrained on merged train+validation files names the data it came from."""
+    """The data set's name; a run retrained on merged train+validation files names the data it came from; a
+    multi-task run: its task names (its own data.name is not what it trains on)."""
+    if is_multitask(e):
+        return "multi-task: " + " + ".join(t.name for t in e.run.config.multitask.tasks)
     return e.metrics.get("retrained", {}).get("source_data") or e.run.config.data.name
+
+
+def is_multitask(e: Entry) -> bool:
+    return e.run is not None and e.run.config.is_multitask
+
+
+def task_kind(e: Entry) -> str:
+    """classification, regression, multilabel or multitask: which rows, sections and metrics suit the run."""
+    if e.run is None:  # metrics alone: the report's original, classification
+        return "classification"
+    return "multitask" if e.run.config.is_multitask else (e.run.config.data.task or "classification")
+
+
+def metrics_of(kind: str) -> set[str]:
+    """The validation metrics a run of this kind can be chosen on (a multi-task run has no overall loss)."""
+    if kind == "multitask":
+        return {SCORE}
+    return {*TASKS.get(kind).metrics_higher_is_better, "loss"}
+
+
+def is_percent(metric: str) -> bool:
+    """Shown as a percentage: the classification and multi-label scores (not loss, r, errors or score)."""
+    return any(metric in TASKS.get(k).metrics_higher_is_better for k in ("classification", "multilabel"))
+
+
+def parts(e: Entry) -> list:
+    """A multi-task run's tasks (``emotune.tasks.multitask.Part``: name, task, labels, metric); [] otherwise."""
+    return e.run.task.parts if is_multitask(e) else []
+
+
+def family_metric(entries: list[Entry], metric: str) -> str:
+    """The metric that chooses a family's run: the report's ``metric`` where the family's task has it (every
+    classification family of a classification report), else the runs' shared ``train.metric``, else the task's
+    default."""
+    kind = task_kind(entries[0])
+    if metric in metrics_of(kind):
+        return metric
+    own = {e.run.config.train.metric for e in entries if e.run is not None}
+    if len(own) == 1 and (m := own.pop()) in metrics_of(kind):
+        return m
+    return SCORE if kind == "multitask" else TASKS.get(kind).default_metric
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a family or task name."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "family"
 
 
 def _common_root(paths: list[Path]) -> Path:

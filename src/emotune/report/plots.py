@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .collect import Entry, hyper_label  # noqa: E402
+from .collect import Entry, hyper_label, is_percent  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
 DPI = 110
@@ -28,7 +28,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _percent(metric: str) -> bool:
-    return metric != "loss"
+    return is_percent(metric)
 
 
 def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, metric: str = "accuracy") -> Path:
@@ -88,7 +88,7 @@ def tradeoff_plot(entries: list[Entry], chosen: dict[str, Entry], path: Path, me
 
 
 def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path, title: str,
-                metric: str = "accuracy") -> Path:
+                metric: str = "accuracy", loss: str = "cross-entropy loss") -> Path:
     """Learning curves of a family: validation metric (left) and losses (right) against the training step."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20")
@@ -107,13 +107,14 @@ def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path
         if best_h is not None:
             left.scatter([best], [scale * best_h["validation"][metric]], s=70, facecolors="none", edgecolors=colour,
                          linewidths=1.5, zorder=3)
-        right.plot(steps, [h["validation"]["loss"] for h in e.history], color=colour, linewidth=width)
+        if all("loss" in h["validation"] for h in e.history):  # a multi-task run has per-task losses only
+            right.plot(steps, [h["validation"]["loss"] for h in e.history], color=colour, linewidth=width)
         right.plot(steps, [h["train_loss"] for h in e.history], color=colour, linewidth=1, linestyle="--")
     left.set_xlabel("training step")
     left.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
     left.set_title(f"{title}: validation {metric} (circle: best checkpoint)")
     right.set_xlabel("training step")
-    right.set_ylabel("cross-entropy loss")
+    right.set_ylabel(loss)
     right.set_title("validation loss (solid) and training loss (dashed)")
     left.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=min(3, max(1, len(entries))), frameon=False)
     fig.tight_layout()
@@ -151,4 +152,62 @@ def confusion_plot(chosen: dict[str, Entry], path: Path, split: str = "test") ->
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
         bar.set_label("% of the true class (numbers: counts)")
+    return _save(fig, path)
+
+
+def _grid(n: int, size: float = 3.6, cols: int = 3):
+    cols = min(cols, max(1, n))
+    rows = math.ceil(max(1, n) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.6, size * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
+def scatter_plot(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Regression: predicted against gold value, one panel per target, the diagonal = a perfect prediction."""
+    fig, axes = _grid(len(values))
+    for ax, (target, (gold, pred)) in zip(axes, values.items()):
+        ax.scatter(gold, pred, s=10, alpha=0.5, edgecolors="none")
+        lo, hi = float(min(gold.min(), pred.min())), float(max(gold.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], color="crimson", linewidth=1, linestyle="--")
+        r = np.corrcoef(gold, pred)[0, 1] if np.ptp(gold) > 0 and np.ptp(pred) > 0 else 0.0
+        ax.set_title(f"{target} (r = {r:.3f}, n = {len(gold)})")
+        ax.set_xlabel(f"gold {target}")
+        ax.set_ylabel(f"predicted {target}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def error_plot(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Regression: histogram of predicted − gold per target (a bias shows as a shifted peak)."""
+    fig, axes = _grid(len(values))
+    for ax, (target, (gold, pred)) in zip(axes, values.items()):
+        err = pred - gold
+        ax.hist(err, bins=min(30, max(5, len(err) // 5)), color="tab:blue", alpha=0.8)
+        ax.axvline(0, color="crimson", linewidth=1, linestyle="--")
+        ax.set_title(f"{target} (mean {err.mean():+.3f}, MAE {np.abs(err).mean():.3f})")
+        ax.set_xlabel(f"predicted − gold {target}")
+        ax.set_ylabel("texts")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def label_f1_plot(per_split: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Multi-label: each label's F1 (%) as bars, one bar per split (validation, test), labels in the run's order."""
+    labels = list(next(iter(per_split.values())))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) * len(per_split) + 2), 4.2))
+    width = 0.8 / len(per_split)
+    x = np.arange(len(labels))
+    for i, (split, f1) in enumerate(per_split.items()):
+        ax.bar(x + (i - (len(per_split) - 1) / 2) * width, [100 * f1.get(n, 0.0) for n in labels], width,
+               label=split)
+    ax.set_xticks(x, labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("F1 (%)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
     return _save(fig, path)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..runs import BEST
-from .collect import Entry, hyper_label
+from ..tasks.multilabel import SEP
+from .collect import Entry, hyper_label, is_percent, parts, task_kind
 from .render import Table
 
 Row = tuple[str, Callable[[Entry], Any]]
@@ -66,6 +67,52 @@ def quality_rows(split: str, prefix: str = "") -> list[Row]:
     ]
 
 
+def fmt(metric: str, v: Any) -> str:
+    """A metric's value as the report shows it: percent for classification scores, 4 decimals otherwise."""
+    return pct(v) if is_percent(metric) else num(v)
+
+
+def metric_name(metric: str) -> str:
+    return metric + (" (%)" if is_percent(metric) else "")
+
+
+def regression_rows(split: str, prefix: str = "") -> list[Row]:
+    return [(f"{prefix}loss (standardised MSE)", lambda e: num(e.value(split, "loss"))),
+            *[(f"{prefix}{name} (mean of targets)", lambda e, k=key: num(e.value(split, k)))
+              for key, name in (("pearson", "Pearson r"), ("spearman", "Spearman ρ"), ("mse", "MSE"), ("mae", "MAE"))]]
+
+
+def multilabel_rows(split: str, prefix: str = "") -> list[Row]:
+    return [(f"{prefix}loss", lambda e: num(e.value(split, "loss"))),
+            *[(f"{prefix}{name} (%)", lambda e, k=key: pct(e.value(split, k)))
+              for key, name in (("f1_micro", "F1 (micro)"), ("f1_macro", "F1 (macro)"),
+                                ("jaccard", "Jaccard (samples)"), ("exact_match", "exact match"))]]
+
+
+def multitask_rows(split: str, entries: list[Entry], prefix: str = "") -> list[Row]:
+    """The overall score, then every task's selection metric (tasks in the runs' order)."""
+    tasks = {p.name: p.metric for e in entries for p in parts(e)}
+    return [(f"{prefix}score (mean of the tasks' metrics)", lambda e: num(e.value(split, "score"))),
+            *[(f"{prefix}{name}: {metric_name(m)}", lambda e, n=name, m=m: fmt(m, task_value(e, split, n, m)))
+              for name, m in tasks.items()]]
+
+
+def task_value(e: Entry, split: str, task: str, key: str) -> Any:
+    """One task's figure of a multi-task run (metrics[split][task][key])."""
+    return (e.value(split, task) or {}).get(key)
+
+
+def kind_rows(kind: str, split: str, entries: list[Entry], prefix: str = "") -> list[Row]:
+    """The quality rows that suit the task type of a family's runs."""
+    if kind == "regression":
+        return regression_rows(split, prefix)
+    if kind == "multilabel":
+        return multilabel_rows(split, prefix)
+    if kind == "multitask":
+        return multitask_rows(split, entries, prefix)
+    return quality_rows(split, prefix) + sentiment_rows(split, entries, prefix)
+
+
 def sentiment_rows(split: str, entries: list[Entry], prefix: str = "") -> list[Row]:
     """SemEval-2017 4A's measures (AvgRec = macro recall, F1-PN), only where some run has positive/negative
     classes (its metrics then hold f1_pn)."""
@@ -82,7 +129,7 @@ def columns_table(entries: list[Entry], headers: list[str], rows: list[Row], cap
 def validation_table(entries: list[Entry], keys: list[str], chosen: Entry, caption: str = "") -> Table:
     """One column per run (hyper-parameters in the header, ★ on the chosen one), study rows below."""
     headers = [hyper_label(e, keys) + (" ★" if e is chosen else "") for e in entries]
-    rows = (quality_rows("validation") + sentiment_rows("validation", entries) + train_rows(entries)
+    rows = (kind_rows(task_kind(entries[0]), "validation", entries) + train_rows(entries)
             + [("run folder", lambda e: f"`{e.name}`")])
     return columns_table(entries, headers, rows, caption)
 
@@ -98,6 +145,74 @@ def test_table(chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str
     rows += sentiment_rows("test", entries, "test ")
     rows += [r for r in train_rows(entries) if r[0] != "steps"] + [("run folder", lambda e: f"`{e.name}`")]
     return columns_table(entries, list(chosen), rows)
+
+
+def kind_test_table(chosen: dict[str, Entry], keys: dict[str, list[str]], metrics: dict[str, str], kind: str,
+                    caption: str = "") -> Table:
+    """The chosen runs of families of another task type than classification on test, families as columns."""
+    entries = list(chosen.values())
+
+    def chosen_on(e: Entry) -> str:
+        m = metrics[e.family]
+        return f"{metric_name(m)} {fmt(m, e.value('validation', m))}"
+
+    rows: list[Row] = [("chosen run", lambda e: hyper_label(e, keys[e.family])),
+                       ("validation selection metric", chosen_on)]
+    rows += kind_rows(kind, "test", entries, "test ")
+    rows += [r for r in train_rows(entries) if r[0] != "steps"] + [("run folder", lambda e: f"`{e.name}`")]
+    return columns_table(entries, list(chosen), rows, caption)
+
+
+def per_target_table(metrics: dict, targets: list[str], caption: str) -> Table:
+    """Regression: Pearson r, Spearman rho and MAE of every target on validation and (once tested) test."""
+    cols = [("pearson", "r"), ("spearman", "Spearman"), ("mae", "MAE")]
+    splits = [s for s in ("validation", "test") if (metrics.get(s) or {}).get("per_target")]
+
+    def cell(split: str, target: str, key: str) -> str:
+        return num(metrics[split]["per_target"].get(target, {}).get(key))
+
+    short = {"validation": "val", "test": "test"}
+    return Table(["target", *[f"{short[s]} {name}" for s in splits for _, name in cols]],
+                 [[t, *[cell(s, t, k) for s in splits for k, _ in cols]] for t in targets], caption)
+
+
+def per_label_table(metrics: dict, labels: list[str], caption: str) -> Table:
+    """Multi-label: every label's threshold (fitted on validation), validation F1 and test P/R/F1/support."""
+    val = (metrics.get("validation") or {}).get("per_class", {})
+    test = (metrics.get("test") or {}).get("per_class", {})
+
+    def row(name: str) -> list[str]:
+        v, t = val.get(name, {}), test.get(name, {})
+        return [name, num(v.get("threshold"), 2), pct(v.get("f1")), pct(t.get("precision")), pct(t.get("recall")),
+                pct(t.get("f1")), count(t.get("support"))]
+
+    return Table(["label", "threshold", "val F1 (%)", "test precision (%)", "test recall (%)", "test F1 (%)",
+                  "test support"], [row(n) for n in labels], caption)
+
+
+def per_task_table(e: Entry) -> Table:
+    """A multi-task run: each task's type and selection metric on validation and test, then the overall score."""
+    rows = [[p.name, p.task.name, p.metric, fmt(p.metric, task_value(e, "validation", p.name, p.metric)),
+             fmt(p.metric, task_value(e, "test", p.name, p.metric))] for p in parts(e)]
+    rows.append(["score (mean)", "", "score", num(e.value("validation", "score")), num(e.value("test", "score"))])
+    return Table(["task", "type", "metric", "validation", "test"], rows, align=["l", "l", "l", "r", "r"])
+
+
+def versus_table(rows: list[dict]) -> Table:
+    """Multi-task against single-task runs on the same data: each task's metric and the difference (multi −
+    single; percentage points for percentages)."""
+    def diff(r: dict, split: str) -> str:
+        a, b = r[f"multi_{split}"], r[f"single_{split}"]
+        if a is None or b is None:
+            return ""
+        return f"{100 * (a - b):+.2f}" if is_percent(r["metric"]) else f"{a - b:+.4f}"
+
+    return Table(["task", "metric", "single-task family", "single val", "single test", "multi-task family",
+                  "multi val", "multi test", "Δ val", "Δ test"],
+                 [[r["task"], metric_name(r["metric"]), r["single_family"], fmt(r["metric"], r["single_validation"]),
+                   fmt(r["metric"], r["single_test"]), r["multi_family"], fmt(r["metric"], r["multi_validation"]),
+                   fmt(r["metric"], r["multi_test"]), diff(r, "validation"), diff(r, "test")] for r in rows],
+                 align=["l", "l", "l", "r", "r", "l", "r", "r", "r", "r"])
 
 
 def retrained_table(entries: list[Entry]) -> Table:
@@ -146,3 +261,31 @@ def examples_table(predictions: list[dict], k: int, seed: int, width: int = 110)
             for i in range(max(len(right), len(wrong)))]
     return Table(["right: text", "label", "conf.", "wrong: text", "true → predicted", "conf."], rows,
                  align=["l", "l", "r", "l", "l", "r"])
+
+
+def multilabel_examples_table(predictions: list[dict], k: int, seed: int, width: int = 110) -> Table:
+    """Multi-label: ``k`` random texts whose predicted label set is exactly the gold one and ``k`` whose is not."""
+    rng = random.Random(seed)
+    right = [p for p in predictions if multilabel_exact(p)]
+    wrong = [p for p in predictions if not multilabel_exact(p)]
+    right, wrong = rng.sample(right, min(k, len(right))), rng.sample(wrong, min(k, len(wrong)))
+
+    def side(p: dict | None, wrong_side: bool) -> list[str]:
+        if p is None:
+            return ["", ""]
+        text = p["text"] if len(p["text"]) <= width else p["text"][: width - 1] + "…"
+        gold = ", ".join(_label_set(p["labels"])) or "–"
+        return [text, f"{gold} → {', '.join(_label_set(p['predicted'])) or '–'}" if wrong_side else gold]
+
+    rows = [side(right[i] if i < len(right) else None, False) + side(wrong[i] if i < len(wrong) else None, True)
+            for i in range(max(len(right), len(wrong)))]
+    return Table(["exact: text", "labels", "not exact: text", "gold → predicted"], rows, align=["l"] * 4)
+
+
+def multilabel_exact(p: dict) -> bool:
+    """A multi-label prediction whose label set is exactly the gold one."""
+    return _label_set(p["labels"]) == _label_set(p["predicted"])
+
+
+def _label_set(cell: str) -> list[str]:
+    return sorted(x for x in (cell or "").split(SEP) if x)
