@@ -183,3 +183,11 @@ def test_html_embeds_every_plot_and_runs_csv_has_the_other_tasks_figures(report)
     fam = _family(result, "regression")
     pearson = _metrics(result.chosen[fam])["validation"]["pearson"]
     assert summary["families"][fam]["chosen"]["validation"]["pearson"] == pearson
+
+
+def test_without_single_task_runs_on_its_data_there_is_no_comparison(runs, tmp_path):
+    result = build_report([runs / "multitask", runs / "ml"], tmp_path / "r", examples=0)
+    text = result.markdown.read_text()
+    assert "## Chosen run in detail: " in text and "Multi-task vs single-task" not in text
+    assert sorted(p.name for p in (tmp_path / "r").glob("tradeoff*.png")) == ["tradeoff-f1-micro.png",
+                                                                            "tradeoff-score.png"]

@@ -19,10 +19,10 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
                      "axes.grid": True, "grid.alpha": 0.3, "figure.facecolor": "white"})
 
 
-def _save(fig, path: Path) -> Path:
-    # Legends placed below the axes must be named, or the tight box can cut them off.
+def _save(fig, path: Path, extra: tuple = ()) -> Path:
+    # Legends placed below the axes (and a suptitle, ``extra``) must be named, or the tight box cuts them off.
     legends = [a for ax in fig.axes for a in ax.get_children() if isinstance(a, matplotlib.legend.Legend)]
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", bbox_extra_artists=legends)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", bbox_extra_artists=legends + list(extra))
     plt.close(fig)
     return path
 
@@ -93,6 +93,7 @@ def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10" if len(entries) <= 10 else "tab20")
     scale = 100 if _percent(metric) else 1
+    val_loss = False
     for i, e in enumerate(entries):
         if not e.history:
             continue
@@ -109,13 +110,15 @@ def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path
                          linewidths=1.5, zorder=3)
         if all("loss" in h["validation"] for h in e.history):  # a multi-task run has per-task losses only
             right.plot(steps, [h["validation"]["loss"] for h in e.history], color=colour, linewidth=width)
+            val_loss = True
         right.plot(steps, [h["train_loss"] for h in e.history], color=colour, linewidth=1, linestyle="--")
     left.set_xlabel("training step")
     left.set_ylabel(f"validation {metric}" + (" (%)" if _percent(metric) else ""))
     left.set_title(f"{title}: validation {metric} (circle: best checkpoint)")
     right.set_xlabel("training step")
     right.set_ylabel(loss)
-    right.set_title("validation loss (solid) and training loss (dashed)")
+    only_train = not val_loss and any(e.history for e in entries)  # multi-task runs: no overall validation loss
+    right.set_title("training loss" if only_train else "validation loss (solid) and training loss (dashed)")
     left.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=min(3, max(1, len(entries))), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
@@ -158,7 +161,8 @@ def confusion_plot(chosen: dict[str, Entry], path: Path, split: str = "test") ->
 def _grid(n: int, size: float = 3.6, cols: int = 3):
     cols = min(cols, max(1, n))
     rows = math.ceil(max(1, n) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.6, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.6, size * rows + 0.4), squeeze=False,
+                             layout="constrained")  # keeps the suptitle clear of the panels' titles
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     return fig, list(axes.flat)[:n]
@@ -175,9 +179,7 @@ def scatter_plot(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, t
         ax.set_title(f"{target} (r = {r:.3f}, n = {len(gold)})")
         ax.set_xlabel(f"gold {target}")
         ax.set_ylabel(f"predicted {target}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, (fig.suptitle(title),))
 
 
 def error_plot(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
@@ -190,9 +192,7 @@ def error_plot(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
         ax.set_title(f"{target} (mean {err.mean():+.3f}, MAE {np.abs(err).mean():.3f})")
         ax.set_xlabel(f"predicted − gold {target}")
         ax.set_ylabel("texts")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, (fig.suptitle(title),))
 
 
 def label_f1_plot(per_split: dict[str, dict[str, float]], path: Path, title: str) -> Path:

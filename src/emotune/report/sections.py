@@ -77,7 +77,9 @@ def _regression(metrics: dict, targets: list[str], folder: Path, task: str | Non
     split = _split_shown(metrics, folder, task)
     if split is None:
         return blocks + [Text("No per-text predictions in the run folder: no plots.")], []
-    values = read_regression(folder / predictions_file(split, task), targets)
+    values = {t: v for t, v in read_regression(folder / predictions_file(split, task), targets).items() if len(v[0])}
+    if not values:  # predictions without gold values (unlabelled texts): nothing to plot against
+        return blocks + [Text(f"No gold values in the {split} predictions: no plots.")], []
     scatter = plots.scatter_plot(values, out / f"scatter-{name}.png", f"{title}: {split}")
     errors = plots.error_plot(values, out / f"errors-{name}.png", f"{title}: {split}")
     blocks += [Figure(scatter, f"Predicted against gold value per target, {title}, {split} split (dashed: "
