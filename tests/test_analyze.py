@@ -135,6 +135,7 @@ def test_report_includes_the_analysis_section(analysis, tiny_runs):
     assert "## Intruder dimensions: LoRA vs full fine-tuning" in text and "| lora | LoRA attention, r=4 |" in text
     assert (out / "analysis-intruders.png").is_file() and out / "analysis-intruders.png" in r.figures
     assert text.count("data:image") == 0 and r.html.read_text().count("data:image/png;base64,") == len(r.figures)
+    assert str(tiny_runs) not in text and f"(from `{analysis.out.name}`)" in text  # no machine paths
     plain = build_report([tiny_runs / "runs"], tiny_runs / "report-plain", examples=0, evaluate_test=False)
     assert "Intruder dimensions" not in plain.markdown.read_text()
 

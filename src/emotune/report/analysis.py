@@ -12,10 +12,16 @@ from .render import Block, Figure, Heading, Table, Text, to_markdown
 ANALYSIS = "analysis.json"
 
 
-def find_analyses(dirs: list[str | Path]) -> list[Path]:
-    """Every analysis.json at or below the folders, each once, sorted by path."""
-    found = {p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob(ANALYSIS)}
-    return sorted(found)
+def find_analyses(dirs: list[str | Path]) -> dict[Path, Path]:
+    """Every analysis.json at or below the folders, each once, sorted by path -> its folder as the report shows
+    it: relative to the folder it was found in, named by that folder's own name (committed reports never show a
+    machine's absolute paths)."""
+    found: dict[Path, Path] = {}
+    for d in map(Path, dirs):
+        if d.is_dir():
+            for p in d.rglob(ANALYSIS):
+                found.setdefault(p.resolve(), Path(d.resolve().name) / p.parent.relative_to(d))
+    return dict(sorted(found.items()))
 
 
 def _num(v, digits: int = 2) -> str:
@@ -80,9 +86,9 @@ def report_section(dirs: list[str | Path], out: Path) -> tuple[list[Block], list
     blocks: list[Block] = []
     figures: list[Path] = []
     found = find_analyses(dirs)
-    for i, path in enumerate(found):
+    for i, (path, shown) in enumerate(found.items()):
         prefix = "analysis" if len(found) == 1 else f"analysis-{i + 1}"
-        more, figs = analysis_blocks(read_json(path), out, prefix=prefix, source=path.parent)
+        more, figs = analysis_blocks(read_json(path), out, prefix=prefix, source=shown)
         blocks += more
         figures += figs
     return blocks, figures
