@@ -194,3 +194,40 @@ def test_docs_page_renders_offline(server, tmp_path):
         assert shot.stat().st_size > 10_000  # not a blank page
     finally:
         browser.close()
+
+
+def test_page_shows_a_section_per_task_with_value_gauges(tiny_model, toy_data, tmp_path):
+    """A multi-task model (emotion classes + V/A regression): a section per task, bars for the classes, and a
+    gauge per target whose marker sits where the value falls in the span /v1/models reports."""
+    from emotune import api
+
+    from .test_multitask import multitask_config
+
+    run = tmp_path / "mt"
+    api.train(multitask_config(tiny_model, toy_data, tmp_path), run, progress=False)
+    srv = ServerProcess(f"mt={run}", "--precision", "fp32")
+    browser = Browser(tmp_path / "profile")
+    try:
+        ranges = httpx.get(srv.url + "/v1/models").json()["models"][0]["ranges"]
+        assert set(ranges) == {"vad:V", "vad:A"} and all(lo < hi for lo, hi in ranges.values())
+        browser.send("Page.navigate", url=srv.url + "/")
+        browser.wait_for("document.body && document.body.dataset.ready === '1'")
+        browser.type("#texts", ["i feel happy today"])
+        browser.click("#go")
+        browser.wait_for("document.querySelectorAll('.result .task').length === 2")
+        page = json.loads(browser.eval("""JSON.stringify([...document.querySelectorAll('.result .task')].map(t => ({
+          task: t.dataset.task, bars: t.querySelectorAll('.bar').length,
+          gauges: [...t.querySelectorAll('.gauge-row')].map(r => [r.dataset.label, parseFloat(r.dataset.value),
+                                                                 parseFloat(r.querySelector('.mark').style.left)])})))"""))
+        answer = httpx.post(srv.url + "/v1/predict", json={"texts": ["i feel happy today"]}).json()
+        tasks = answer["predictions"][0]["tasks"]
+        assert [t["task"] for t in page] == ["emotion", "vad"]
+        assert page[0]["bars"] == len(EMOTIONS) and page[0]["gauges"] == []
+        for name, value, left in page[1]["gauges"]:
+            lo, hi = ranges[f"vad:{name}"]
+            assert value == pytest.approx(tasks["vad"]["values"][name], abs=1e-6)
+            assert left == pytest.approx(max(0, min(100, 100 * (value - lo) / (hi - lo))), abs=0.01)
+        assert [g[0] for g in page[1]["gauges"]] == ["V", "A"]
+    finally:
+        browser.close()
+        srv.stop()

@@ -24,7 +24,7 @@ from ..data.encode import batches, collate, encode
 from ..errors import ConfigError, RunError
 from ..io import load_tensors
 from ..runs import BEST, Run, set_target_statistics
-from ..tasks import Task
+from ..tasks import Task, label_sets
 from ..train.precision import autocast, resolve_device
 from .predictor import Mode, Predictor, pad_batch, quantize_int8, resolve_mode
 
@@ -309,7 +309,20 @@ class ServedModel:
         return {"name": self.name, "labels": [str(x) for x in self.labels], "method": _public(cfg.method.get("name")),
                 "base_model": _public(cfg.model.name), "pooling": cfg.model.pooling, "precision": self.precision,
                 "shares_base_with": self.shared_with, "data": _public(cfg.data.name),
-                "metrics": summary_metrics(self.run)}
+                "metrics": summary_metrics(self.run), "ranges": value_ranges(self.run)}
+
+
+def value_ranges(run) -> dict[str, list[float]]:
+    """Regression targets (by label name, ``task:target`` in multi-task runs) -> the span a gauge shows: the
+    training mean +- 3 standard deviations (targets.json)."""
+    stats = run.target_statistics
+    if not stats:
+        return {}
+    # a single-task run's targets.json is {mean, std}; a multi-task run's holds one of those per task
+    per_task = {None: stats} if "mean" in stats else stats
+    names = {None: list(run.labels)} if "mean" in stats else label_sets(run.labels)
+    return {(name if task is None else f"{task}:{name}"): [m - 3 * sd, m + 3 * sd]
+            for task, s in per_task.items() for name, m, sd in zip(names[task], s["mean"], s["std"])}
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
