@@ -222,3 +222,21 @@ def test_huber_applies_to_the_regression_tasks_only():
     only_classes = MultiTask(cfg.with_values({"multitask.tasks": cfg.to_dict()["multitask"]["tasks"][:1]}), ["e:joy"])
     with pytest.raises(ConfigError, match="applies to none of the tasks"):
         only_classes.check_loss("huber")
+
+
+def test_a_search_optimises_one_task_of_a_multitask_run(tiny_model, toy_data, tmp_path):
+    from emotune.experiments.tune import SearchSpace, tune
+
+    base = multitask_config(tiny_model, toy_data, tmp_path).with_values(
+        {"train.max_steps": 6, "train.eval_every": 3, "train.patience": None}).to_dict()
+    spec = {"base": base, "objective": {"metric": "vad.mae"}, "sampler": {"name": "random", "seed": 0},
+            "pruner": "none", "space": {"train.lr": [1e-3, 3e-2]}}
+    space = SearchSpace.from_dict(spec)
+    # mae: lower is better; checkpoints keep following the run's own metric (a multi-task run's score)
+    assert (space.direction, space.base.train.metric) == ("minimize", base["train"]["metric"])
+    r = tune(space, tmp_path / "study", trials=2, progress=False)
+    maes = [json.loads(p.read_text())["validation"]["vad"]["mae"]
+            for p in sorted((tmp_path / "study" / "trials").glob("*/metrics.json"))]
+    assert r.complete == 2 and r.best["value"] == pytest.approx(min(maes))
+    with pytest.raises(ConfigError, match="not a validation metric"):
+        SearchSpace.from_dict({**spec, "objective": {"metric": "vad.nonsense"}})

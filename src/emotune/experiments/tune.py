@@ -138,17 +138,18 @@ class SearchSpace:
         if isinstance(objective, str):
             objective = {"metric": objective}
         metric = objective.get("metric", "accuracy")
-        if metric not in HIGHER_IS_BETTER:
+        last = str(metric).rsplit(".", 1)[-1]  # a multi-task run's task metric: vad.pearson, emotion.accuracy
+        if last not in HIGHER_IS_BETTER:
             raise ConfigError(f"objective.metric: {metric!r} is not a validation metric "
-                              f"({', '.join(HIGHER_IS_BETTER)})")
-        direction = objective.get("direction", "maximize" if HIGHER_IS_BETTER[metric] else "minimize")
+                              f"({', '.join(HIGHER_IS_BETTER)}, or TASK.METRIC for a multi-task run)")
+        direction = objective.get("direction", "maximize" if HIGHER_IS_BETTER[last] else "minimize")
         if direction not in ("maximize", "minimize"):
             raise ConfigError("objective.direction: maximize or minimize")
         overrides = list(overrides)
         base = apply_settings(config_from(spec.get("base"), where="base"), overrides)
         explicit = flat_keys(spec.get("base")) | {k.rsplit(".", 1)[-1] for k, _ in overrides}
-        if "metric" not in explicit:  # the best checkpoint and early stopping follow the objective
-            base.train.metric = metric
+        if "metric" not in explicit and "." not in metric:  # checkpoints and early stopping follow the objective
+            base.train.metric = metric  # (a task's metric leaves them to the run's own: score, the tasks' mean)
         space = spec.get("space")
         if not isinstance(space, dict) or not space:
             raise ConfigError("space: expected a mapping of config keys to distributions")
@@ -302,6 +303,17 @@ class QuietInterrupt(logging.Filter):
         return not (self.interrupted and "failed with value None" in record.getMessage())
 
 
+def metric_value(metrics: dict, metric: str) -> float:
+    """A validation metric by name; ``task.metric`` reads one task's figure of a multi-task run."""
+    value: Any = metrics
+    for part in metric.split(".") if metric not in metrics else [metric]:
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"objective.metric {metric!r}: these runs' validation metrics have no {part!r} "
+                              f"(they have {', '.join(sorted(value)) if isinstance(value, dict) else 'none'})")
+        value = value[part]
+    return float(value)
+
+
 class Objective:
     """Train one trial's run; report every validation evaluation to the pruner."""
 
@@ -324,9 +336,9 @@ class Objective:
         metric, name = self.space.metric, f"trial {trial.number} ({', '.join(labels(params))})"
 
         def on_evaluate(step: int, metrics: dict) -> None:
-            trial.report(metrics[metric], step)
+            trial.report(metric_value(metrics, metric), step)
             if self.bar:
-                self.bar.evaluated(name, step, metric, metrics[metric])
+                self.bar.evaluated(name, step, metric, metric_value(metrics, metric))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
@@ -342,7 +354,7 @@ class Objective:
             raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
                            "--out?); use another --out")
         for h in read_history(run_dir):  # a resumed trial: the pruner sees its earlier evaluations too
-            trial.report(h["validation"][metric], h["step"])
+            trial.report(metric_value(h["validation"], metric), h["step"])
         try:
             if (run_dir / CONFIG).is_file() and Run.open(run_dir).complete:
                 metrics = Run.open(run_dir).metrics  # trained before the worker could record it
@@ -355,7 +367,7 @@ class Objective:
         for k, v in {"best_step": t["best_step"], "steps": t["steps"], "runtime_s": t["runtime_s"],
                      "trainable_params": t["trainable_params"]}.items():
             trial.set_user_attr(k, v)
-        return float(metrics["validation"][metric])
+        return metric_value(metrics["validation"], metric)
 
     def finished(self, study, trial) -> None:
         """Optuna callback after every trial of this worker: close its progress line."""
