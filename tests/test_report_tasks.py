@@ -151,6 +151,11 @@ def test_multitask_per_task_table_and_its_regression_task_plots(report):
     for kind in ("scatter", "errors"):
         name = f"{kind}-{slug(fam)}-vad.png"
         assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
+    # The classification task gets its confusion matrix (it is chosen on validation, then tested).
+    name = f"confusion-{slug(fam)}.png"
+    assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
+    cm = np.array(m["test"]["emotion"]["confusion_matrix"])
+    assert np.trace(cm) / cm.sum() == pytest.approx(m["test"]["emotion"]["accuracy"])
 
 
 def test_multitask_vs_single_task_table(report):
@@ -191,3 +196,21 @@ def test_without_single_task_runs_on_its_data_there_is_no_comparison(runs, tmp_p
     assert "## Chosen run in detail: " in text and "Multi-task vs single-task" not in text
     assert sorted(p.name for p in (tmp_path / "r").glob("tradeoff*.png")) == ["tradeoff-f1-micro.png",
                                                                             "tradeoff-score.png"]
+
+
+def test_cli_summary_shows_each_task_of_a_multitask_run_on_its_metric(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from emotune.cli import app
+
+    res = CliRunner().invoke(app, ["report", str(runs / "multitask"), str(runs / "reg-0.001"), "--out",
+                                   str(tmp_path / "r"), "--examples", "0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    m = json.loads((runs / "multitask" / "metrics.json").read_text())
+    lines = res.output.splitlines()
+    emotion = next(line for line in lines if "task emotion" in line)
+    assert "accuracy" in emotion and f"{m['validation']['emotion']['accuracy']:.4f}" in emotion
+    vad = next(line for line in lines if "task vad" in line)
+    assert "pearson" in vad and f"{m['test']['vad']['pearson']:.4f}" in vad
+    reg = next(line for line in lines if "reg-0.001" in line)
+    assert "pearson" in reg

@@ -550,13 +550,21 @@ def report(
 
     r = build_report(dirs, out_dir, metric=metric, examples=examples, seed=seed, evaluate_test=test,
                      data_dir=data_dir, title=title, max_columns=max_columns, note=note)
+    from .report.collect import parts
+    from .report.tables import task_value
+
+    # Each family on its own selection metric; a multi-task run adds a row per task on the task's metric.
     table = Table(title="chosen on validation")
-    shown = [r.metric] + [m for m in ("accuracy", "f1_weighted") if m != r.metric]
-    for c in ("family", "run", f"val {r.metric}", *[f"test {m}" for m in shown]):
-        table.add_column(escape(c), justify="left" if c in ("family", "run") else "right")
+    for c in ("family", "run", "metric", "validation", "test", "test accuracy"):
+        table.add_column(escape(c), justify="left" if c in ("family", "run", "metric") else "right")
     for fam, e in r.chosen.items():
-        table.add_row(escape(fam), escape(e.name), _fmt(e.value("validation", r.metric)),
-                      *[_fmt(e.value("test", m)) for m in shown])
+        m = r.metrics.get(fam, r.metric)
+        table.add_row(escape(fam), escape(e.name), escape(m), _fmt(e.value("validation", m)),
+                      _fmt(e.value("test", m)), _fmt(e.value("test", "accuracy")))
+        for p in parts(e):
+            table.add_row("", escape(f"· task {p.name}"), escape(p.metric),
+                          *[_fmt(task_value(e, s, p.name, p.metric)) for s in ("validation", "test")],
+                          _fmt(task_value(e, "test", p.name, "accuracy")))
     out.print(table)
     if r.evaluated:
         out.print(escape(f"evaluated on test now: {', '.join(map(str, r.evaluated))}"), highlight=False)

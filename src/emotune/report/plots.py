@@ -126,19 +126,25 @@ def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path
 
 def confusion_plot(chosen: dict[str, Entry], path: Path, split: str = "test") -> Path:
     """Confusion matrices of the chosen runs, rows normalised (share of each true class), counts printed."""
-    items = [(fam, e) for fam, e in chosen.items() if e.value(split, "confusion_matrix")]
+    return confusion_matrices([(f"{fam}\n{split} accuracy {100 * e.value(split, 'accuracy'):.2f}%",
+                                e.value(split, "confusion_matrix"), e.run.labels)
+                               for fam, e in chosen.items() if e.value(split, "confusion_matrix")], path)
+
+
+def confusion_matrices(items: list[tuple[str, list, list[str]]], path: Path) -> Path:
+    """One panel per (title, confusion matrix, labels): rows normalised (share of each true class), counts
+    printed."""
     n = max(1, len(items))
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    size = max(3.6, 0.55 * max((len(e.run.labels) for _, e in items), default=6) + 1.2)
+    size = max(3.6, 0.55 * max((len(labels) for _, _, labels in items), default=6) + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.4), squeeze=False,
                              layout="constrained")
     image = None
-    for k, (ax, (fam, e)) in enumerate(zip(axes.flat, items)):
-        cm = np.array(e.value(split, "confusion_matrix"), dtype=float)
+    for k, (ax, (title, matrix, labels)) in enumerate(zip(axes.flat, items)):
+        cm = np.array(matrix, dtype=float)
         share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
-        labels = e.run.labels
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         ax.grid(False)
@@ -149,7 +155,7 @@ def confusion_plot(chosen: dict[str, Entry], path: Path, split: str = "test") ->
         ax.set_xlabel("predicted label")
         if k % cols == 0:
             ax.set_ylabel("true label")
-        ax.set_title(f"{fam}\n{split} accuracy {100 * e.value(split, 'accuracy'):.2f}%")
+        ax.set_title(title)
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
     if image is not None:

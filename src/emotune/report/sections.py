@@ -42,6 +42,15 @@ def _multitask(fam: str, e: Entry, out: Path) -> tuple[list[Block], list[Path]]:
     blocks: list[Block] = [Text(f"`{e.name}`: each task's selection metric; the run was chosen on the mean of "
                                 "them (score, errors counted negated)."), tables.per_task_table(e)]
     figures: list[Path] = []
+    split = "test" if "test" in e.metrics else "validation"
+    matrices = [(f"task {p.name}\n{split} accuracy {100 * e.metrics[split][p.name]['accuracy']:.2f}%",
+                 e.metrics[split][p.name]["confusion_matrix"], p.labels)
+                for p in parts(e) if (e.metrics.get(split, {}).get(p.name) or {}).get("confusion_matrix")]
+    if matrices:
+        path = plots.confusion_matrices(matrices, out / f"confusion-{slug(fam)}.png")
+        blocks.append(Figure(path, f"{fam}: {split} confusion matrices of the classification tasks (rows: true "
+                                   "label)."))
+        figures.append(path)
     for p in parts(e):
         if p.task.name not in DETAILED:
             continue
