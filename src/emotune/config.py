@@ -60,6 +60,11 @@ class DataConfig:
     test_files: list[str] = _f([], "Extra files used as the test split, for data sets that read them "
                                    "(semeval2017a: `id<TAB>label<TAB>text` files); relative paths resolve "
                                    "against the current folder.")
+    augment: dict[str, Any] = _f({}, "EDA data augmentation of the training split only (Wei & Zou 2019), new "
+                                     "copies every epoch: {copies: 1, synonym: 0.1, insert: 0.1, swap: 0.1, "
+                                     "delete: 0.1}; each rate is the share of a text's words changed by that "
+                                     "operation; synonyms are GloVe neighbours that do not flip NRC polarity. "
+                                     "Empty: no augmentation.")
 
     def __post_init__(self) -> None:
         if isinstance(self.test_files, str):  # `--set data.test_files=gold.tsv`
@@ -80,6 +85,7 @@ class DataConfig:
         _at_least("data.max_eval_samples", self.max_eval_samples, 1, optional=True)
         _at_least("data.max_length", self.max_length, 1)
         self._check_multilabel()
+        self._check_augment()
         if not isinstance(self.validation_fraction, (int, float)) or isinstance(self.validation_fraction, bool) \
                 or not 0 < self.validation_fraction < 1:
             raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
@@ -93,6 +99,22 @@ class DataConfig:
             raise ConfigError(f"data.cv_folds must be at least 2, got {self.cv_folds}")
         if not 0 <= self.cv_fold < self.cv_folds:
             raise ConfigError(f"data.cv_fold must be in 0..{self.cv_folds - 1} (0-based), got {self.cv_fold}")
+
+    def _check_augment(self) -> None:
+        """data.augment: known keys, rates in [0, 1], a whole number of copies."""
+        if not isinstance(self.augment, dict):
+            raise ConfigError(f"data.augment must be a mapping such as {{copies: 1, synonym: 0.1}}, got {self.augment!r}")
+        unknown = set(self.augment) - {"copies", *AUGMENT_OPS}
+        if unknown:
+            raise ConfigError(f"unknown data.augment option(s): {', '.join(sorted(map(str, unknown)))} "
+                              f"(known: copies, {', '.join(AUGMENT_OPS)})")
+        for op in AUGMENT_OPS:
+            _in_range(f"data.augment.{op}", self.augment.get(op, 0.0), 0, 1)
+        if self.augment:
+            _at_least("data.augment.copies", self.augment.get("copies", 1), 1)
+            if not any(self.augment.get(op, 0.0) for op in AUGMENT_OPS):
+                raise ConfigError("data.augment: give a rate above 0 for at least one of "
+                                  f"{', '.join(AUGMENT_OPS)}")
 
     def _check_multilabel(self) -> None:
         """label_columns and label_delimiter: multi-label options, one at a time, not with regression targets."""
@@ -126,6 +148,18 @@ class ModelConfig:
     dropout: float = _f(0.1, "Dropout before the classification layer.")
     options: dict[str, Any] = _f({}, "Options of a classic model (embeddings, sizes, layers...; "
                                      "`emotune models` lists them); unused by pretrained encoders.")
+    lexicon: str | None = _f(None, "`nrc`: append each text's NRC EmoLex counts (8 emotions, 2 polarities; "
+                                   "a negated word's polarity flips) to the pooled sentence vector before the "
+                                   "head. The lexicon is for research use only (its terms). None: no features.")
+
+    def __post_init__(self) -> None:
+        if self.lexicon not in (None, *LEXICONS):
+            raise ConfigError(f"model.lexicon must be one of {', '.join(LEXICONS)} or null, got {self.lexicon!r}")
+
+
+ADVERSARIAL = ("fgm", "pgd", "freelb")
+LEXICONS = ("nrc",)
+AUGMENT_OPS = ("synonym", "insert", "swap", "delete")
 
 
 @dataclass
@@ -155,6 +189,18 @@ class TrainConfig:
                                 "standardised by their training spread: errors beyond one standard deviation "
                                 "count linearly, so outliers pull less). Classification and multi-label "
                                 "have one loss each.")
+    mixout: float = _f(0.0, "Mixout probability p (Lee et al. 2020): during full fine-tuning of a pretrained "
+                            "encoder, each weight of its linear layers is swapped for its pretrained value with "
+                            "probability p (rescaled so its expectation is unchanged). 0: off.")
+    adversarial: str | None = _f(None, "Adversarial training on the word embeddings: `fgm` (one step along the "
+                                       "normalised gradient), `pgd` (adversarial_steps projected steps) or "
+                                       "`freelb` (adversarial_steps ascent steps, gradients averaged). None: off.")
+    adversarial_eps: float = _f(1.0, "Norm of each text's embedding perturbation (fgm) or radius of its ball "
+                                     "(pgd, freelb).")
+    adversarial_steps: int = _f(3, "Ascent steps K of pgd and freelb.")
+    rdrop: float = _f(0.0, "R-Drop weight alpha (Liang et al. 2021): two dropout passes per batch, their mean "
+                           "loss plus alpha x the symmetric KL between them (regression: squared difference). "
+                           "0: off.")
     patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
                                  "None disables early stopping.")
     max_epochs: float = _f(10, "Upper bound on passes over the training data.")
@@ -183,6 +229,13 @@ class TrainConfig:
         _positive("train.max_grad_norm", self.max_grad_norm, optional=True)
         _in_range("train.weight_decay", self.weight_decay, 0, None)
         _in_range("train.warmup_ratio", self.warmup_ratio, 0, 1, optional=True)
+        _in_range("train.mixout", self.mixout, 0, 0.99)
+        _in_range("train.rdrop", self.rdrop, 0, None)
+        _positive("train.adversarial_eps", self.adversarial_eps)
+        _at_least("train.adversarial_steps", self.adversarial_steps, 1)
+        if self.adversarial not in (None, *ADVERSARIAL):
+            raise ConfigError(f"train.adversarial must be one of {', '.join(ADVERSARIAL)} or null, "
+                              f"got {self.adversarial!r}")
         if self.loss not in (None, "mse", "huber"):
             raise ConfigError(f"train.loss must be mse, huber or null, got {self.loss!r}")
 
