@@ -81,10 +81,14 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     enc_train = Encoded(encode(tokenizer, train_split.texts, cfg.data.max_length), train_split.labels)
     enc_val = Encoded(encode(tokenizer, val_split.texts, cfg.data.max_length), val_split.labels)
     assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
+    from .train.augment import epoch_augmenter
+
+    augment = epoch_augmenter(train_split.texts, train_split.labels, tokenizer, cfg.data.max_length,
+                              cfg.data.augment, cfg.train.seed, encoded=enc_train)
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
-                      lr_scales=lr_scales(cfg.method, model), task=task)
+                      lr_scales=lr_scales(cfg.method, model), task=task, augment=augment)
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,

@@ -212,6 +212,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
     method = METHODS.get(cfg.method.get("name", ""))
     method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
+    check_switches(cfg, method.name, is_classic(cfg.model.name), trains=method.build is None)
     resolved = RunConfig.from_dict(cfg.to_dict())
     if method.resolve is not None:
         resolved.method = method.resolve(dict(resolved.method))
@@ -236,6 +237,19 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if resolved.train.metric == "accuracy" and "accuracy" not in task.metrics_higher_is_better:
         resolved.train.metric = task.default_metric  # the default suits classification only
     return resolved
+
+
+def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = True) -> None:
+    """Refuse, in one line, the robustness switches a run cannot take (``emotune.train.robust``)."""
+    if cfg.train.mixout and (method != "full" or classic):
+        why = ("a classic model has no pretrained linear layers to mix towards" if classic else
+               f"method {method} leaves the pretrained weights frozen (use method full)")
+        raise ConfigError(f"train.mixout mixes an encoder's weights towards its pretrained ones during full "
+                          f"fine-tuning; {why}")
+    used = [k for k, on in (("train.mixout", cfg.train.mixout), ("train.adversarial", cfg.train.adversarial),
+                            ("train.rdrop", cfg.train.rdrop), ("data.augment", cfg.data.augment)) if on]
+    if used and not trains:
+        raise ConfigError(f"{', '.join(used)}: method {method} does not train, so there is nothing to regularise")
 
 
 def resolve_task(data) -> None:

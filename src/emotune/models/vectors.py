@@ -62,6 +62,13 @@ def glove_6b_50d(words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.asarray(table[hits[rows].astype(np.int64)], dtype=np.float32)
 
 
+def glove_index(top: int) -> tuple[list[str], np.ndarray]:
+    """(words, vectors) of the ``top`` most frequent words of the pip-shipped GloVe 6B 50d (its index is in
+    frequency order)."""
+    index, table = _glove_package()
+    return index[:top].to_pylist(), np.asarray(table[:top], dtype=np.float32)
+
+
 def glove_text(path: str | Path, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """(rows, vectors, dimension) for ``words`` from a GloVe-format text file (``word v1 v2 ...`` per line;
     a word2vec ``count dim`` header line is skipped)."""

@@ -58,6 +58,10 @@ class Task:
         """The training loss (``kind``: ``train.loss``, one of ``losses``; None: the default)."""
         raise NotImplementedError
 
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """How far two forward passes of the same batch disagree (R-Drop's regulariser, ``train.rdrop``)."""
+        raise NotImplementedError
+
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         """What users get from the logits (class probabilities for classification)."""
         raise NotImplementedError

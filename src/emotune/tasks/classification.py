@@ -69,6 +69,13 @@ class Classification(Task):
              kind: str | None = None) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float(), targets, weight=weight)
 
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric KL between the two passes' class distributions, as in R-Drop (Liang et al. 2021)."""
+        la, lb = torch.log_softmax(a.float(), -1), torch.log_softmax(b.float(), -1)
+        kl = nn.functional.kl_div
+        return 0.5 * (kl(la, lb, log_target=True, reduction="batchmean") + kl(lb, la, log_target=True,
+                                                                               reduction="batchmean"))
+
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), -1)
 

@@ -117,6 +117,14 @@ class MultiLabel(Task):
              kind: str | None = None) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
 
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric KL between the two passes' per-label Bernoulli distributions, summed over labels."""
+        pa, pb = torch.sigmoid(a.float()), torch.sigmoid(b.float())
+        la, lb = nn.functional.logsigmoid(a.float()), nn.functional.logsigmoid(b.float())
+        na, nb = nn.functional.logsigmoid(-a.float()), nn.functional.logsigmoid(-b.float())
+        sym = (pa - pb) * (la - lb) + ((1 - pa) - (1 - pb)) * (na - nb)  # KL(a||b) + KL(b||a)
+        return 0.5 * sym.sum(-1).mean()
+
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.float())
 

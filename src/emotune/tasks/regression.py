@@ -92,6 +92,11 @@ class Regression(Task):
             return nn.functional.huber_loss(err, torch.zeros_like(err), delta=1.0)
         return (err**2).mean()
 
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared difference of the two passes' values, standardised like the loss (``weight`` = 1 / variance)."""
+        diff = (a.float() - b.float()) ** 2
+        return (diff * weight if weight is not None else diff).mean()
+
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float()
 

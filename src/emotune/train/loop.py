@@ -30,7 +30,8 @@ from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
 from ..tasks import Task, is_better, task_for
 from .evaluate import evaluate_model
 from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
-from .precision import MasterWeights, autocast, resolve_device, resolve_precision
+from .precision import MasterWeights, resolve_device, resolve_precision
+from .robust import Objective, apply_mixout, model_forward
 
 
 def data_fingerprint(data: "Encoded", label_names: list[str]) -> str:
@@ -114,7 +115,7 @@ class Trainer:
                  cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
                  progress: bool = True, on_step: Callable[[int], bool] | None = None,
                  on_evaluate: Callable[[int, dict], None] | None = None, lr_scales: dict[str, float] | None = None,
-                 task: Task | None = None):
+                 task: Task | None = None, augment: Callable[[int], Encoded] | None = None):
         self.task = task or task_for()
         self.task.check_metric(cfg.metric, label_names)
         self.task.check_loss(cfg.loss)
@@ -127,6 +128,13 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
+        if cfg.mixout:  # towards the weights as they are now: the pretrained ones
+            apply_mixout(getattr(model, "encoder", model), cfg.mixout)
+        self.objective = Objective(cfg, self.model)
+        self.forward = model_forward(self.model, self.device, self.dtype)
+        # data.augment: the epoch's training data (the texts and their fresh augmented copies) by epoch number.
+        self.augment = augment
+        self.epoch_data, self._epoch = train, None
         self.params = parameter_counts(model)
         reset_peak_memory(self.device)  # this run's own peak, even after other runs in this process
         self.masters = MasterWeights(self.model, self.dtype)
@@ -136,7 +144,7 @@ class Trainer:
             raise ConfigError(f"learning-rate scales for parameters that do not train: {sorted(unknown)[:3]}")
         self.optimizer = make_optimizer(optimizer_groups(named_masters, cfg.weight_decay, lr_scales), cfg, lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.data_of_epoch(0)) / cfg.batch_size)
         total = math.ceil(cfg.max_epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.warmup_steps = int(round(warmup_ratio * self.total_steps))
@@ -153,9 +161,20 @@ class Trainer:
         rest = max(1, self.total_steps - self.warmup_steps)
         return self.lr * max(0.0, (self.total_steps - step) / rest)
 
+    def data_of_epoch(self, epoch: int) -> Encoded:
+        """The training data of an epoch: with data.augment, the texts plus that epoch's copies (the same
+        copies again when a resumed run replays the epoch)."""
+        if self.augment is None:
+            return self.train_data
+        if self._epoch != epoch:
+            self.epoch_data, self._epoch = self.augment(epoch), epoch
+        return self.epoch_data
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        return batches(self.lengths, self.cfg.batch_size, shuffle=True, generator=gen,
+        data = self.data_of_epoch(epoch)
+        lengths = self.lengths if data is self.train_data else [len(x) for x in data.ids]
+        return batches(lengths, self.cfg.batch_size, shuffle=True, generator=gen,
                        group_by_length=self.cfg.group_by_length)
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -269,6 +288,8 @@ class Trainer:
             "lr": self.lr, "warmup_steps": self.warmup_steps, "stopped_early": stopped_early,
             "resumed_from_step": resumed_from, **self.params,
         }
+        if self.augment is not None:  # data.augment: copies per training text each epoch
+            summary["augmented_copies"] = len(self.data_of_epoch(0)) // len(self.train_data) - 1
         # The checkpoint (marked finished) stays until the caller has written the final metrics: `finish`.
         return TrainResult(state["best_step"], best_eval["validation"], self.history, summary,
                            stopped_early, resumed_from)
@@ -277,18 +298,30 @@ class Trainer:
         """Free the checkpoint's space once the run's final metrics are on disk."""
         (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
 
-    def batch_loss(self, idx: list[int]) -> torch.Tensor:
-        """The training loss of one batch (indices into the training data)."""
-        batch = collate([self.train_data.ids[i] for i in idx], self.pad_id)
+    def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
+        """The model inputs and targets of one batch (indices into the epoch's training data)."""
+        data = self.epoch_data
+        batch = collate([data.ids[i] for i in idx], self.pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        labels = torch.tensor([self.train_data.labels[i] for i in idx], device=self.device)
-        with autocast(self.device, self.dtype):
-            logits = self.model(**batch)
-        return self.task.loss(logits, labels, self.class_weights, self.cfg.loss)
+        return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
+
+    def loss_of(self, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """The task's training loss of a batch's logits."""
+        return self.task.loss(logits, targets, self.class_weights, self.cfg.loss)
+
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """R-Drop: how far two passes of a batch disagree, as the task measures it."""
+        return self.task.consistency(a, b, self.class_weights if self.task.name == "regression" else None)
+
+    def batch_loss(self, idx: list[int]) -> torch.Tensor:
+        """The plain training loss of one batch (one forward pass, no regulariser)."""
+        batch, targets = self.batch_tensors(idx)
+        return self.loss_of(self.forward(batch), targets, idx)
 
     def train_step(self, idx: list[int], step: int) -> float:
-        loss = self.batch_loss(idx)
-        self.scaler.scale(loss).backward()
+        batch, targets = self.batch_tensors(idx)
+        loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),
+                                       lambda a, b: self.consistency(a, b, idx), self.scaler.scale)
         self.masters.grads_to_masters()
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
@@ -300,7 +333,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.masters.masters_to_model()
-        return loss.item()
+        return loss
 
     def _evaluate_and_keep(self, state: dict, train_loss: float, start: float) -> bool:
         """Evaluate, keep the best weights, checkpoint; True when early stopping triggers."""

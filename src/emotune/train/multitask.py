@@ -30,7 +30,6 @@ from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, TASK_STAT
 from ..tasks import REGRESSION, MultiTask, flat_labels, target_statistics
 from .evaluate import predict_logits
 from .loop import Trainer, TrainResult
-from .precision import autocast
 
 STAGES = "stages"
 
@@ -67,7 +66,8 @@ class MultiTaskTrainer(Trainer):
     """The Trainer over several tasks' data (``train``/``validation``: task name -> encoded split)."""
 
     def __init__(self, model, train: dict[str, Encoded], validation: dict[str, Encoded], task: MultiTask,
-                 cfg: RunConfig, out_dir: Path, **kw):
+                 cfg: RunConfig, out_dir: Path, augment: dict[str, Callable[[int], Encoded]] | None = None, **kw):
+        self.task_augment, self.augmented = augment or {}, {}
         combined = Encoded([ids for enc in train.values() for ids in enc.ids],
                            [[name, label] for name, enc in train.items() for label in enc.labels])
         labels = flat_labels({p.name: p.labels for p in task.parts})
@@ -81,14 +81,19 @@ class MultiTaskTrainer(Trainer):
                                         train[p.name].labels, len(p.labels), self.device)
             for p in task.parts if p.name in train}
 
+    def task_data(self, name: str) -> Encoded:
+        """A task's training data this epoch (with its augmented copies when the task's data asks for them)."""
+        return self.augmented.get(name) or self.train_sets[name]
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
         names = list(self.train_sets)
+        self.augmented = {n: f(epoch) for n, f in self.task_augment.items() if n in self.train_sets}
         pools: dict[str, list[TaskBatch]] = {n: [] for n in names}
 
         def next_batch(name: str) -> TaskBatch:
             if not pools[name]:  # a task's batches run out: a fresh shuffle of its data
-                lengths = [len(x) for x in self.train_sets[name].ids]
+                lengths = [len(x) for x in self.task_data(name).ids]
                 pools[name] = [TaskBatch(b, name) for b in batches(
                     lengths, self.cfg.batch_size, shuffle=True, generator=gen,
                     group_by_length=self.cfg.group_by_length)][::-1]
@@ -101,13 +106,14 @@ class MultiTaskTrainer(Trainer):
             order = [names[i] for i in torch.multinomial(probs, self.steps_per_epoch, True, generator=gen).tolist()]
         return [next_batch(n) for n in order]
 
-    def batch_loss(self, idx: list[int]) -> torch.Tensor:
-        name = idx.task  # type: ignore[attr-defined]
-        part, data = self.task.part(name), self.train_sets[name]
+    def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
+        data = self.task_data(idx.task)  # type: ignore[attr-defined]
         batch = {k: v.to(self.device) for k, v in collate([data.ids[i] for i in idx], self.pad_id).items()}
-        targets = torch.tensor([data.labels[i] for i in idx], device=self.device)
-        with autocast(self.device, self.dtype):
-            logits = self.model(**batch)
+        return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
+
+    def loss_of(self, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        name = idx.task  # type: ignore[attr-defined]
+        part = self.task.part(name)
         kind = self.cfg.loss if self.cfg.loss in part.task.losses else None
         loss = part.task.loss(logits[:, part.columns], targets, self.part_weights[name], kind)
         log_vars = getattr(self.model.head, "log_vars", None)
@@ -115,6 +121,12 @@ class MultiTaskTrainer(Trainer):
             s = log_vars[self.index[name]].float()
             return torch.exp(-s) * loss + s
         return part.weight * loss
+
+    def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        name = idx.task  # type: ignore[attr-defined]
+        part = self.task.part(name)
+        weight = self.part_weights[name] if part.task.name == "regression" else None
+        return part.task.consistency(a[:, part.columns], b[:, part.columns], weight)
 
     def evaluate(self) -> dict:
         logits = {n: predict_logits(self.model, enc, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
@@ -157,6 +169,11 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     pad = tokenizer.pad_token_id or 0
     enc = {split: {name: Encoded(encode(tokenizer, d[split].texts, t.data.max_length), d[split].labels)
                    for (name, d), t in zip(data.items(), cfg.multitask.tasks)} for split in ("train", "validation")}
+    from .augment import epoch_augmenter
+
+    augment = {t.name: epoch_augmenter(data[t.name]["train"].texts, data[t.name]["train"].labels, tokenizer,
+                                       t.data.max_length, t.data.augment, cfg.train.seed, enc["train"][t.name])
+               for t in cfg.multitask.tasks if t.data.augment}
     stages = cfg.multitask.stages or [[t.name for t in cfg.multitask.tasks]]
     total = cfg.train.max_steps or math.ceil(cfg.train.max_epochs * sum(
         math.ceil(len(e) / cfg.train.batch_size) for e in enc["train"].values()))
@@ -170,7 +187,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
         train_cfg = dataclasses.replace(cfg.train, max_steps=math.ceil(total / len(stages)), max_epochs=1e9)
         stage_cfg = dataclasses.replace(cfg, train=train_cfg)
         trainer = MultiTaskTrainer(model, {n: enc["train"][n] for n in active},
-                                   {n: enc["validation"][n] for n in active}, task, stage_cfg, folder,
+                                   {n: enc["validation"][n] for n in active}, task, stage_cfg, folder, augment,
                                    lr=cfg.train.lr, warmup_ratio=cfg.train.warmup_ratio, pad_id=pad,
                                    progress=progress, on_step=on_step, on_evaluate=on_evaluate,
                                    lr_scales=lr_scales(cfg.method, model))
