@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..runs import predictions_file
 from ..tasks import HIGHER_IS_BETTER
-from . import plots, sections, tables
+from . import plots, sections, seeds, tables
 from .analysis import report_section
 from .collect import (Collection, Entry, choose, collect, family_metric, hyper_label, is_multitask, parts, slug,
                       sort_key, task_kind, varying)
@@ -71,6 +71,7 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
         blocks += more
         figures += figs
 
+    blocks += seeds.seeds_section(families, metrics)  # settings run with several seeds: mean ± sd
     if chosen:
         more, figs = _test(col, chosen, keys, metrics, out)
         blocks += more

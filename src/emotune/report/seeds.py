@@ -1,0 +1,80 @@
+"""Seed studies and ablations: runs that differ only in ``train.seed`` are one setting; a setting's validation
+metric is given as mean ± standard deviation over its seeds, against the plain setting (every robustness switch
+off, when the family has one) with its training-time cost. Only validation figures: nothing here reads test."""
+
+from __future__ import annotations
+
+import statistics
+
+from .collect import Entry, hyper_label, varying
+from .render import Block, Heading, Table, Text
+
+SEED = "train.seed"
+
+
+def settings(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Label of the keys that vary besides the seed -> that setting's runs (one per seed)."""
+    keys = [k for k in varying(entries) if k != SEED]
+    out: dict[str, list[Entry]] = {}
+    for e in entries:
+        out.setdefault(hyper_label(e, keys) if keys else "all runs", []).append(e)
+    return out
+
+
+def is_plain(e: Entry) -> bool:
+    """Every robustness switch off: no mixout, adversarial training, R-Drop, augmentation or lexicon features."""
+    f = e.flat
+    return not (f.get("train.mixout") or f.get("train.adversarial") or f.get("train.rdrop") or f.get("model.lexicon")
+                or any(v for k, v in f.items() if k.startswith("data.augment")))
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seeds_table(entries: list[Entry], metric: str) -> Table | None:
+    """One row per setting (None when no setting has two seeds)."""
+    groups = settings(entries)
+    if not any(len({e.flat.get(SEED) for e in es}) > 1 for es in groups.values()):
+        return None
+    pct = metric not in ("loss", "pearson", "spearman", "mse", "mae", "score")
+    scale = 100.0 if pct else 1.0
+    plain = next((es for es in groups.values() if all(is_plain(e) for e in es)), None)
+
+    def stats(es: list[Entry]) -> tuple[float, float, float]:
+        vals = [scale * e.value("validation", metric) for e in es if e.value("validation", metric) is not None]
+        mean, sd = _mean_sd(vals) if vals else (float("nan"), float("nan"))
+        times = [e.value("train", "runtime_s") for e in es if e.value("train", "runtime_s")]
+        return mean, sd, statistics.fmean(times) if times else float("nan")
+
+    base = stats(plain) if plain else None
+    fmt = (lambda v: f"{v:.2f}") if pct else (lambda v: f"{v:.4f}")
+    rows = []
+    for label, es in sorted(groups.items(), key=lambda kv: -stats(kv[1])[0]):
+        mean, sd, time = stats(es)
+        row = [label + (" (plain)" if es is plain else ""), str(len(es)), f"{fmt(mean)} ± {fmt(sd)}"]
+        if base:
+            row += [f"{mean - base[0]:+.2f}" if pct else f"{mean - base[0]:+.4f}", f"{time:.0f}",
+                    f"{time / base[2]:.2f}x"]
+        else:
+            row += [f"{time:.0f}"]
+        rows.append(row)
+    columns = ["setting", "seeds", f"val {metric} (mean ± sd)"]
+    columns += (["Δ vs plain", "train s (mean)", "time vs plain"] if base else ["train s (mean)"])
+    return Table(columns, rows)
+
+
+def seeds_section(families: dict[str, list[Entry]], metrics: dict[str, str]) -> list[Block]:
+    """A table per family whose settings were run with several seeds."""
+    blocks: list[Block] = []
+    for fam, es in families.items():
+        table = seeds_table(es, metrics[fam])
+        if table is None:
+            continue
+        if not blocks:
+            blocks.append(Heading("Seeds: mean ± standard deviation per setting", 2))
+        blocks += [Text(f"{fam}: runs that differ only in `train.seed` form one setting; validation "
+                        f"{metrics[fam]} over the seeds (sample standard deviation), its difference against the "
+                        "plain setting (every robustness switch off) and the mean training time. Settings are "
+                        "compared on validation only."), table]
+    return blocks
