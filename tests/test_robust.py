@@ -254,3 +254,11 @@ def test_switches_train_every_task_type(tiny_model, tmp_path, kind):
     cfg = cfg.with_values({**SWITCHES, "train.adversarial": "pgd", "train.adversarial_steps": 2})
     m = api.train(cfg, tmp_path / "run", progress=False)
     assert m["completed"] and m["train"]["steps"] == 4
+
+
+def test_classic_models_take_adversarial_training_rdrop_and_augmentation(tmp_path):
+    data = write_emotion_folder(tmp_path / "data", n_train=24, n_eval=12)
+    cfg = tiny_config("baseline", data, method="full").with_values(
+        {**SWITCHES, "train.lr": 1e-3, "data.augment": {"copies": 1, "swap": 0.2}})
+    m = api.train(cfg, tmp_path / "run", progress=False)
+    assert m["completed"] and m["train"]["augmented_copies"] == 1

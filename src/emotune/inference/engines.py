@@ -154,6 +154,7 @@ class SharedLoraEngine(Engine):
 
         from ..methods import method_options
         from ..models import TransformerClassifier, build_transformer
+        from ..models.lexicon import LexiconFeatures
 
         first = runs[0]
         base, self.tokenizer = build_transformer(first.config.model, len(first.labels))
@@ -178,8 +179,9 @@ class SharedLoraEngine(Engine):
         override_names: set[str] = set()
         for key, run in zip(keys, runs):
             weights, _ = load_tensors(run.path / BEST)
+            lexicon = LexiconFeatures(self.tokenizer) if run.config.model.lexicon else None
             model = TransformerClassifier(encoder, hidden, len(run.labels), run.config.model.pooling,
-                                          run.config.model.dropout, run.task)
+                                          run.config.model.dropout, run.task, lexicon)
             set_target_statistics(model, run.target_statistics)
             head = {k[5:]: v for k, v in weights.items() if k.startswith("head.")}
             try:

@@ -20,8 +20,8 @@ from torch import nn
 def supports(model: nn.Module) -> bool:
     """True for a TransformerClassifier whose encoder is a plain (unwrapped) BertModel with absolute positions."""
     enc = getattr(model, "encoder", None)
-    if enc is None or type(enc).__name__ != "BertModel":
-        return False
+    if enc is None or type(enc).__name__ != "BertModel" or getattr(model, "lexicon", None) is not None:
+        return False  # lexicon features: the model's own forward appends them
     cfg = enc.config
     return (getattr(cfg, "position_embedding_type", "absolute") == "absolute"
             and cfg.hidden_act in ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh")

@@ -28,6 +28,7 @@ from ..config import RunConfig, _coerce
 from ..errors import ConfigError, RunError
 from ..registry import Registry
 from ..tasks import Task, task_for
+from .lexicon import LexiconFeatures, with_features
 from .vectors import GLOVE_6B_50D, RANDOM, load_vectors
 from .vocab import WordTokenizer
 
@@ -206,15 +207,18 @@ class ClassicClassifier(nn.Module):
     """embedding -> encoder -> dropout -> linear head (logits)."""
 
     def __init__(self, embedding: nn.Embedding, encoder: nn.Module, num_labels: int, dropout: float,
-                 task: Task | None = None):
+                 task: Task | None = None, lexicon: LexiconFeatures | None = None):
         super().__init__()
         self.embedding = embedding
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
-        self.head = (task or task_for()).head(encoder.out_dim, num_labels)
+        self.lexicon = lexicon  # model.lexicon: features appended to the sentence vector
+        extra = lexicon.size if lexicon is not None else 0
+        self.head = (task or task_for()).head(encoder.out_dim + extra, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.encoder(self.embedding(input_ids), attention_mask)))
+        pooled = self.dropout(self.encoder(self.embedding(input_ids), attention_mask))
+        return self.head(with_features(pooled, self.lexicon, input_ids, attention_mask))
 
 
 # ---- the registry ------------------------------------------------------------------------------------
@@ -329,7 +333,8 @@ def build_classic(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = 
     vectors = load_vectors(tokenizer.words, o.embeddings, o.embedding_dim, cfg.train.seed)
     embedding = nn.Embedding.from_pretrained(vectors.weights, freeze=o.freeze_embeddings, padding_idx=0)
     encoder = MODELS.get(cfg.model.name).encoder(o, vectors.dim, cfg.data.max_length)
-    model = ClassicClassifier(embedding, encoder, num_labels, cfg.model.dropout, task)
+    lexicon = LexiconFeatures(tokenizer) if cfg.model.lexicon else None
+    model = ClassicClassifier(embedding, encoder, num_labels, cfg.model.dropout, task, lexicon)
     model.vectors_found = vectors.found  # type: ignore[assignment]  (words with a pretrained vector)
     model.embedding.weight.requires_grad_(not o.freeze_embeddings)
     return model, tokenizer

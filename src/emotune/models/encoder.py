@@ -10,6 +10,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..tasks import Task, task_for
+from .lexicon import LexiconFeatures, with_features
 
 
 def _minilm_path() -> str:
@@ -35,14 +36,16 @@ class TransformerClassifier(nn.Module):
     """encoder -> pooled sentence vector -> dropout -> the task's head (a linear layer: logits)."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str = "mean",
-                 dropout: float = 0.1, task: Task | None = None):
+                 dropout: float = 0.1, task: Task | None = None, lexicon: LexiconFeatures | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = (task or task_for()).head(hidden_size, num_labels)
+        self.lexicon = lexicon  # model.lexicon: features appended to the sentence vector
+        extra = lexicon.size if lexicon is not None else 0
+        self.head = (task or task_for()).head(hidden_size + extra, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -56,7 +59,7 @@ class TransformerClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(self.dropout(pooled))
+        return self.head(with_features(self.dropout(pooled), self.lexicon, input_ids, attention_mask))
 
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -156,5 +159,7 @@ def build_transformer(cfg: ModelConfig, num_labels: int, task: Task | None = Non
         raise ConfigError(f"model {cfg.name!r} has no pooler layer; use pooling mean or cls")
     if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # unused: it would only hold dead weights
-    model = TransformerClassifier(encoder, encoder.config.hidden_size, num_labels, cfg.pooling, cfg.dropout, task)
+    lexicon = LexiconFeatures(tokenizer) if cfg.lexicon else None
+    model = TransformerClassifier(encoder, encoder.config.hidden_size, num_labels, cfg.pooling, cfg.dropout, task,
+                                  lexicon)
     return model, tokenizer

@@ -86,6 +86,9 @@ def export_merged(run_dir: str | Path, out: str | Path, *, stock_only: bool = Fa
     given, out = Path(out), Path(out).resolve()
     _check_out(out, overwrite)
     check_mergeable(run)
+    if run.config.model.lexicon:
+        raise ConfigError(f"{run.path}: its lexicon features ({run.config.model.lexicon}) are computed from the text "
+                          "by emotune; no exported model format carries them (serve the run instead)")
     with run_lock(run.path, "emotune export"):  # the run cannot be retrained or re-evaluated meanwhile
         return _export(run, given, out, stock_only)
 
