@@ -177,8 +177,8 @@ class Objective:
         return clean.item() + adv.item()
 
     def freelb(self, pert: Perturbation, forward, batch: dict, loss_of: Loss, scale) -> float:
-        """FreeLB: a random start of norm at most eps / sqrt(dims) per text, K ascent steps; the K adversarial
-        losses (each divided by K) train the weights."""
+        """FreeLB: a random start (uniform entries times eps / sqrt(dims), the paper's initialisation), K ascent
+        steps inside the eps ball; the K adversarial losses (each divided by K) train the weights."""
         eps, steps = self.cfg.adversarial_eps, self.cfg.adversarial_steps
         mask = batch["attention_mask"].unsqueeze(-1).float()
         alpha = 2.5 * eps / steps
@@ -203,13 +203,8 @@ class Objective:
         return total
 
 
-def check_switches(cfg: TrainConfig, model: nn.Module) -> None:
-    """Refuse switches the model cannot take (the method-level checks live in ``runs.resolve_config``)."""
-    if cfg.adversarial:
-        word_embeddings(model)
-
-
 def model_forward(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Callable[[dict], torch.Tensor]:
+    """``batch -> logits`` under the run's precision (what the objective calls once or several times)."""
     def forward(batch: dict) -> torch.Tensor:
         with autocast(device, dtype):
             return model(**batch)
