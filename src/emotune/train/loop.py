@@ -313,11 +313,6 @@ class Trainer:
         """R-Drop: how far two passes of a batch disagree, as the task measures it."""
         return self.task.consistency(a, b, self.class_weights if self.task.name == "regression" else None)
 
-    def batch_loss(self, idx: list[int]) -> torch.Tensor:
-        """The plain training loss of one batch (one forward pass, no regulariser)."""
-        batch, targets = self.batch_tensors(idx)
-        return self.loss_of(self.forward(batch), targets, idx)
-
     def train_step(self, idx: list[int], step: int) -> float:
         batch, targets = self.batch_tensors(idx)
         loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),

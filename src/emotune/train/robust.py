@@ -49,7 +49,9 @@ class MixoutLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mixout_p > 0:
-            return F.linear(x, mixout(self.weight, self.mixout_target, self.mixout_p), self.bias)
+            # the target is copied before bf16 training casts the weights: mix in the weights' dtype
+            target = self.mixout_target.to(self.weight.dtype)
+            return F.linear(x, mixout(self.weight, target, self.mixout_p), self.bias)
         return super().forward(x)
 
 
