@@ -26,13 +26,14 @@ def test_seed_table_gives_mean_sd_delta_and_time_against_plain():
     assert table.columns == ["setting", "seeds", "val accuracy (mean ± sd)", "Δ vs plain", "train s (mean)",
                              "time vs plain"]
     rows = {r[0]: r for r in table.rows}
-    rdrop = next(r for k, r in rows.items() if "rdrop=1" in k)
+    assert set(rows) == {"plain", "rdrop=1", "copies=2, swap=0.1"}  # what each sets beside the plain run
+    rdrop = rows["rdrop=1"]
     sd = 100 * statistics.stdev([0.83, 0.85, 0.84])
     assert rdrop[1:] == ["3", f"84.00 ± {sd:.2f}", "+2.00", "210", "2.10x"]
-    plain = next(r for k, r in rows.items() if k.endswith("(plain)"))
+    plain = rows["plain"]
     assert plain[2] == "82.00 ± 2.00" and plain[3] == "+0.00"
     assert table.rows[0] is rdrop  # best mean first
-    eda = next(r for k, r in rows.items() if "copies=2" in k)
+    eda = rows["copies=2, swap=0.1"]
     assert eda[3] == "-2.00" and eda[5] == "3.00x"
 
 

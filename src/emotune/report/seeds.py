@@ -13,11 +13,21 @@ SEED = "train.seed"
 
 
 def settings(entries: list[Entry]) -> dict[str, list[Entry]]:
-    """Label of the keys that vary besides the seed -> that setting's runs (one per seed)."""
+    """Label -> a setting's runs (one per seed). A setting is the runs that agree on every key but the seed; its
+    label is what it sets differently from the plain setting (all of the varying keys when there is none)."""
     keys = [k for k in varying(entries) if k != SEED]
-    out: dict[str, list[Entry]] = {}
+    groups: dict[tuple, list[Entry]] = {}
     for e in entries:
-        out.setdefault(hyper_label(e, keys) if keys else "all runs", []).append(e)
+        groups.setdefault(tuple(repr(e.flat.get(k)) for k in keys), []).append(e)
+    plain = next((es[0] for es in groups.values() if all(is_plain(e) for e in es)), None)
+    out: dict[str, list[Entry]] = {}
+    for es in groups.values():
+        if plain is not None and all(is_plain(e) for e in es):
+            label = "plain"
+        else:
+            own = [k for k in keys if plain is None or repr(es[0].flat.get(k)) != repr(plain.flat.get(k))]
+            label = hyper_label(es[0], own) if own else "all runs"
+        out[label] = es
     return out
 
 
@@ -52,7 +62,7 @@ def seeds_table(entries: list[Entry], metric: str) -> Table | None:
     rows = []
     for label, es in sorted(groups.items(), key=lambda kv: -stats(kv[1])[0]):
         mean, sd, time = stats(es)
-        row = [label + (" (plain)" if es is plain else ""), str(len(es)), f"{fmt(mean)} ± {fmt(sd)}"]
+        row = [label, str(len(es)), f"{fmt(mean)} ± {fmt(sd)}"]
         if base:
             row += [f"{mean - base[0]:+.2f}" if pct else f"{mean - base[0]:+.4f}", f"{time:.0f}",
                     f"{time / base[2]:.2f}x"]
