@@ -11,6 +11,7 @@ from .data.encode import Encoded, encode
 from .inference.evaluate import evaluate
 from .inference.predictor import Predictor
 from .io import write_json, write_text
+from .models.lexicon import lexicon_record
 from .models.vocab import WordTokenizer
 from .runs import (
     CONFIG,
@@ -104,7 +105,7 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
                                    data.label_names, state=state)
     metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
-        train=result.summary, validation=validation)
+        train={**result.summary, **lexicon_record(cfg.model.lexicon)}, validation=validation)
     trainer.finish()  # only now: a kill before this line resumes at the last step, never from step 0
     return metrics
 

@@ -6,7 +6,9 @@ mathematics as ``TransformerClassifier`` over Transformers' ``BertModel``, with 
   fused CPU kernel for sentence-length inputs);
 - with ``pooler``/``cls`` pooling the last layer computes only the first token's output (its keys and
   values still come from every token): exact, and a sixth less work on a 6-layer encoder;
-- no dropout, no output bookkeeping, nothing but the forward.
+- no dropout, no output bookkeeping, nothing but the forward;
+- lexicon features (``model.lexicon``) come from the model's own ``LexiconFeatures`` module (no weights,
+  untouched by int8/bf16) and are appended to the pooled vector before the head, as the model does.
 
 ``int8`` is PyTorch's dynamic quantization of these linear layers; ``bf16`` stores them in bfloat16.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.lexicon import with_features
+
 
 def supports(model: nn.Module) -> bool:
     """True for a TransformerClassifier whose encoder is a plain (unwrapped) BertModel with absolute positions."""
     enc = getattr(model, "encoder", None)
-    if enc is None or type(enc).__name__ != "BertModel" or getattr(model, "lexicon", None) is not None:
-        return False  # lexicon features: the model's own forward appends them
+    if enc is None or type(enc).__name__ != "BertModel":
+        return False
     cfg = enc.config
     return (getattr(cfg, "position_embedding_type", "absolute") == "absolute"
             and cfg.hidden_act in ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh")
@@ -68,6 +72,7 @@ class FastBertClassifier(nn.Module):
         self.pooling = model.pooling
         self.pooler = enc.pooler.dense if model.pooling == "pooler" else None
         self.head = model.head
+        self.lexicon = getattr(model, "lexicon", None)  # model.lexicon: features appended before the head
         self.eval()
 
     def int8_names(self) -> set[str]:
@@ -105,4 +110,4 @@ class FastBertClassifier(nn.Module):
         else:
             m = attention_mask.unsqueeze(-1).to(x.dtype)
             pooled = (x * m).sum(1) / m.sum(1).clamp(min=1)
-        return self.head(pooled)
+        return self.head(with_features(pooled, self.lexicon, input_ids, attention_mask))

@@ -30,7 +30,7 @@ def nrc_lexicon() -> dict[str, list[str]]:
 
 
 def nrc_sha256() -> str:
-    """The lexicon file's hash, recorded by runs that use it."""
+    """The sha256 of the lexicon file (``nrc_en.json``): which version of the lexicon features come from."""
     return hashlib.sha256(_raw()).hexdigest()
 
 

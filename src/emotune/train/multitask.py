@@ -25,6 +25,7 @@ from ..data import load_data
 from ..data.encode import Encoded, batches, collate, encode
 from ..errors import ConfigError, DataError
 from ..io import load_tensors, write_json, write_text
+from ..models.lexicon import lexicon_record
 from ..models.vocab import WordTokenizer
 from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, TASK_STATE, VOCAB, Run, build_model, predictions_file
 from ..tasks import REGRESSION, MultiTask, flat_labels, target_statistics
@@ -221,7 +222,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
                                  state=(state or {}).get(p.name))
     metrics = Run.open(out).update_metrics(
         completed=True, data={n: {s: len(v) for s, v in d.splits.items()} for n, d in data.items()},
-        train=summary, validation=validation)
+        train={**summary, **lexicon_record(cfg.model.lexicon)}, validation=validation)
     trainer.finish()
     if len(stages) > 1:
         for k in range(len(stages) - 1):  # earlier stages' checkpoints: their stage is long finished

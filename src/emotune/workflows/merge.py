@@ -101,6 +101,9 @@ def _check_runs(runs: list[Run]) -> None:
         if run.config.model.pooling != first.config.model.pooling:
             raise ConfigError(f"{first.path} pools with {first.config.model.pooling!r}, {run.path} with "
                               f"{run.config.model.pooling!r}: their heads read different vectors")
+        if run.config.model.lexicon != first.config.model.lexicon:
+            raise ConfigError(f"{first.path} has model.lexicon={first.config.model.lexicon}, {run.path} "
+                              f"model.lexicon={run.config.model.lexicon}: their heads read different vectors")
 
 
 def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, how: str = "linear",
