@@ -14,15 +14,20 @@ SEED = "train.seed"
 
 def settings(entries: list[Entry]) -> dict[str, list[Entry]]:
     """Label -> a setting's runs (one per seed). A setting is the runs that agree on every key but the seed; its
-    label is what it sets differently from the plain setting (all of the varying keys when there is none)."""
+    label is what it sets differently from the plain setting ("plain"; all of the varying keys when there is
+    none)."""
     keys = [k for k in varying(entries) if k != SEED]
     groups: dict[tuple, list[Entry]] = {}
     for e in entries:
         groups.setdefault(tuple(repr(e.flat.get(k)) for k in keys), []).append(e)
-    plain = next((es[0] for es in groups.values() if all(is_plain(e) for e in es)), None)
+    # The reference: the setting with every switch off; of several (a longer plain control), the one that
+    # trained the fewest steps, i.e. the budget the switches were given.
+    plains = [es for es in groups.values() if all(is_plain(e) for e in es)]
+    reference = min(plains, key=lambda es: sum(e.value("train", "steps") or 0 for e in es) / len(es), default=None)
+    plain = reference[0] if reference else None
     out: dict[str, list[Entry]] = {}
     for es in groups.values():
-        if plain is not None and all(is_plain(e) for e in es):
+        if es is reference:
             label = "plain"
         else:
             own = [k for k in keys if plain is None or repr(es[0].flat.get(k)) != repr(plain.flat.get(k))]
@@ -49,7 +54,7 @@ def seeds_table(entries: list[Entry], metric: str) -> Table | None:
         return None
     pct = metric not in ("loss", "pearson", "spearman", "mse", "mae", "score")
     scale = 100.0 if pct else 1.0
-    plain = next((es for es in groups.values() if all(is_plain(e) for e in es)), None)
+    plain = groups.get("plain")
 
     def stats(es: list[Entry]) -> tuple[float, float, float]:
         vals = [scale * e.value("validation", metric) for e in es if e.value("validation", metric) is not None]
