@@ -23,7 +23,8 @@ def test_seed_table_gives_mean_sd_delta_and_time_against_plain():
     entries += [_entry(f"eda/{s}", s, a, 300.0, **{"data.augment.copies": 2, "data.augment.swap": 0.1})
                 for s, a in ((1, 0.79), (2, 0.80), (3, 0.81))]
     # A longer plain control (more steps) is a setting of its own; the reference is the shorter plain run.
-    entries += [_entry(f"long/{s}", s, 0.83, 300.0, steps=300, **{"train.max_epochs": 15}) for s in (1, 2, 3)]
+    entries += [_entry(f"long/{s}", s, 0.83, 300.0, steps=300, **{"train.max_epochs": 15,
+                                                                 "train.adversarial_eps": 0.3}) for s in (1, 2, 3)]
     assert is_plain(entries[0]) and not is_plain(entries[3]) and not is_plain(entries[6]) and is_plain(entries[9])
     table = seeds_table(entries, "accuracy")
     assert table.columns == ["setting", "seeds", "val accuracy (mean ± sd)", "Δ vs plain", "train s (mean)",

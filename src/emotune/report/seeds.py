@@ -30,10 +30,18 @@ def settings(entries: list[Entry]) -> dict[str, list[Entry]]:
         if es is reference:
             label = "plain"
         else:
-            own = [k for k in keys if plain is None or repr(es[0].flat.get(k)) != repr(plain.flat.get(k))]
+            own = [k for k in keys if (plain is None or repr(es[0].flat.get(k)) != repr(plain.flat.get(k)))
+                   and not _idle(es[0], k)]
             label = hyper_label(es[0], own) if own else "all runs"
         out[label] = es
     return out
+
+
+def _idle(e: Entry, key: str) -> bool:
+    """A key that changes nothing in this run: an empty augmentation, adversarial options without adversarial
+    training (an older default of theirs must not label a plain run)."""
+    return (key == "data.augment" and not e.flat.get(key)) or \
+        (key.startswith("train.adversarial_") and not e.flat.get("train.adversarial"))
 
 
 def is_plain(e: Entry) -> bool:
