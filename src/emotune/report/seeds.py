@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from .collect import Entry, hyper_label, varying
+from .collect import Entry, hyper_label, is_percent, varying
 from .render import Block, Heading, Table, Text
 
 SEED = "train.seed"
@@ -60,7 +60,7 @@ def seeds_table(entries: list[Entry], metric: str) -> Table | None:
     groups = settings(entries)
     if not any(len({e.flat.get(SEED) for e in es}) > 1 for es in groups.values()):
         return None
-    pct = metric not in ("loss", "pearson", "spearman", "mse", "mae", "score")
+    pct = is_percent(metric)
     scale = 100.0 if pct else 1.0
     plain = groups.get("plain")
 
@@ -73,9 +73,10 @@ def seeds_table(entries: list[Entry], metric: str) -> Table | None:
     base = stats(plain) if plain else None
     fmt = (lambda v: f"{v:.2f}") if pct else (lambda v: f"{v:.4f}")
     rows = []
-    for label, es in sorted(groups.items(), key=lambda kv: -stats(kv[1])[0]):
-        mean, sd, time = stats(es)
-        row = [label, str(len(es)), f"{fmt(mean)} ± {fmt(sd)}"]
+    summary = {label: stats(es) for label, es in groups.items()}
+    for label in sorted(groups, key=lambda k: -summary[k][0]):
+        mean, sd, time = summary[label]
+        row = [label, str(len(groups[label])), f"{fmt(mean)} ± {fmt(sd)}"]
         if base:
             row += [f"{mean - base[0]:+.2f}" if pct else f"{mean - base[0]:+.4f}", f"{time:.0f}",
                     f"{time / base[2]:.2f}x"]
