@@ -59,7 +59,9 @@ class Task:
         raise NotImplementedError
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """How far two forward passes of the same batch disagree (R-Drop's regulariser, ``train.rdrop``)."""
+        """How far two forward passes of the same batch disagree (R-Drop's regulariser, ``train.rdrop``);
+        ``weight``: the task's loss weights (``loss_weights``), for a task whose disagreement is scaled like its
+        loss."""
         raise NotImplementedError
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,8 @@ class Classification(Task):
         return nn.functional.cross_entropy(logits.float(), targets, weight=weight)
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Symmetric KL between the two passes' class distributions, as in R-Drop (Liang et al. 2021)."""
+        """Symmetric KL between the two passes' class distributions, as in R-Drop (Liang et al. 2021); class
+        weights play no part."""
         la, lb = torch.log_softmax(a.float(), -1), torch.log_softmax(b.float(), -1)
         kl = nn.functional.kl_div
         return 0.5 * (kl(la, lb, log_target=True, reduction="batchmean") + kl(lb, la, log_target=True,

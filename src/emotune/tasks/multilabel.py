@@ -118,7 +118,8 @@ class MultiLabel(Task):
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Symmetric KL between the two passes' per-label Bernoulli distributions, summed over labels."""
+        """Symmetric KL between the two passes' per-label Bernoulli distributions, summed over labels (the
+        positive weights play no part)."""
         pa, pb = torch.sigmoid(a.float()), torch.sigmoid(b.float())
         la, lb = nn.functional.logsigmoid(a.float()), nn.functional.logsigmoid(b.float())
         na, nb = nn.functional.logsigmoid(-a.float()), nn.functional.logsigmoid(-b.float())

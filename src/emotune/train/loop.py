@@ -311,7 +311,7 @@ class Trainer:
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:
         """R-Drop: how far two passes of a batch disagree, as the task measures it."""
-        return self.task.consistency(a, b, self.class_weights if self.task.name == "regression" else None)
+        return self.task.consistency(a, b, self.class_weights)
 
     def train_step(self, idx: list[int], step: int) -> float:
         batch, targets = self.batch_tensors(idx)

@@ -126,8 +126,7 @@ class MultiTaskTrainer(Trainer):
     def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:
         name = idx.task  # type: ignore[attr-defined]
         part = self.task.part(name)
-        weight = self.part_weights[name] if part.task.name == "regression" else None
-        return part.task.consistency(a[:, part.columns], b[:, part.columns], weight)
+        return part.task.consistency(a[:, part.columns], b[:, part.columns], self.part_weights[name])
 
     def evaluate(self) -> dict:
         logits = {n: predict_logits(self.model, enc, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
