@@ -18,6 +18,13 @@ from safetensors.torch import load_file, save_file
 TMP_GLOB = ".*.tmp"  # what `_atomic` leaves behind after a kill -9 (see remove_stale_tmp)
 
 
+def cache_dir() -> Path:
+    """emotune's cache (assembled models, converted GGUF files): $EMOTUNE_CACHE_DIR, else
+    $XDG_CACHE_HOME/emotune, else ~/.cache/emotune."""
+    root = os.environ.get("EMOTUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "emotune"
+    return Path(root).expanduser()
+
+
 def fsync_dir(folder: Path) -> None:
     """Make renames and new files in ``folder`` durable."""
     try:

@@ -11,7 +11,13 @@ from ..errors import ConfigError
 # Attention projections under the names common encoders give them (BERT/RoBERTa, DistilBERT, DeBERTa, ...).
 ATTENTION_NAMES = {"query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj",
                    "query_proj", "key_proj", "value_proj", "qkv", "Wqkv"}
+SHORT_ATTENTION_NAMES = {"q", "k", "v"}  # MPNet's ``attn.q``/``attn.k``/``attn.v``: only under an ``attn`` module
 NORM_TYPES = (nn.LayerNorm,)
+
+
+def _is_attention_projection(name: str) -> bool:
+    parent, _, last = name.rpartition(".")
+    return last in ATTENTION_NAMES or (last in SHORT_ATTENTION_NAMES and parent.endswith("attn"))
 
 
 def target_modules(encoder: nn.Module, target: str | list[str]) -> str | list[str]:
@@ -21,7 +27,7 @@ def target_modules(encoder: nn.Module, target: str | list[str]) -> str | list[st
         return "all-linear"
     if target == "attention":
         found = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules()
-                        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ATTENTION_NAMES})
+                        if isinstance(m, nn.Linear) and _is_attention_projection(n)})
         if not found:
             raise ConfigError("no attention projections found in this encoder; name them with "
                               "method.target=[name1,name2]")

