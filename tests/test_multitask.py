@@ -205,7 +205,8 @@ def test_a_multilabel_task_keeps_its_thresholds_and_label_priors(tiny_model, toy
     m = api.train(cfg, out, progress=False)
     state = json.loads((out / "task_state.json").read_text())
     run = Run.open(out)
-    assert set(state) == {"feel"} and set(state["feel"]["thresholds"]) == set(run.task.part("feel").labels)
+    assert set(state["feel"]["thresholds"]) == set(run.task.part("feel").labels)
+    assert set(state) == {"feel", "emotion"} and state["emotion"]["calibration"]["how"] == "temperature"
     # The fitted thresholds are what validation, evaluate and predict use.
     again = api.evaluate(out, "validation")["feel"]
     assert [again[k] for k in ("f1_micro", "f1_macro", "jaccard")] == \

@@ -96,7 +96,7 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
                                trainer.device, tokenizer.pad_token_id or 0, trainer.dtype, trainer.task)
     # What the task fits on those logits (multilabel: per-label thresholds) is kept with the run; the final
     # validation metrics then use it (fitted on this very split, so they are optimistic; test ones are not).
-    state = trainer.task.fit_state(logits, val_split.labels, data.label_names)
+    state = trainer.task.fit_state(logits, val_split.labels, data.label_names, calibration=cfg.train.calibration)
     validation = result.best_metrics
     if state is not None:
         write_json(out / TASK_STATE, state)
@@ -110,9 +110,10 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     return metrics
 
 
-def predict(run_dir: str | Path, texts: Sequence[str], **kw) -> list[dict]:
-    """Predict labels (and all class probabilities) for texts with a trained run."""
-    return Predictor(run_dir, **kw).predict(texts)
+def predict(run_dir: str | Path, texts: Sequence[str], min_confidence: float | None = None, **kw) -> list[dict]:
+    """Predict labels (and all class probabilities, calibrated) for texts with a trained run; ``uncertain`` where
+    the top probability is below ``min_confidence``."""
+    return Predictor(run_dir, **kw).predict(texts, min_confidence)
 
 
 def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] | None = None) -> list[dict]:

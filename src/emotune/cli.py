@@ -319,6 +319,8 @@ def predict(
                                                            "faster on long inputs)."),
     unfinished: bool = typer.Option(False, "--unfinished", help="Predict with an interrupted run's best weights "
                                                                 "so far (refused otherwise)."),
+    min_confidence: Optional[float] = typer.Option(None, help="Abstain below this top (calibrated) probability: "
+                                                              "the label becomes `uncertain` (0-1)."),
 ):
     """Classify texts with a trained run."""
     from . import api
@@ -336,7 +338,7 @@ def predict(
     if not predictor.run.complete:
         err.print(f"warning: {escape(str(run_dir))} has not finished training; predicting with its best weights "
                   f"so far (step {predictor.step})", highlight=False, soft_wrap=True)
-    results = predictor.predict(items)
+    results = predictor.predict(items, min_confidence=min_confidence)
     if as_json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return
@@ -360,7 +362,7 @@ def predict(
         table.add_column("label")
         table.add_column("probability", justify="right")
         for r in results:
-            table.add_row(escape(r["text"]), escape(r["label"]), f"{r['probabilities'][r['label']]:.3f}")
+            table.add_row(escape(r["text"]), escape(r["label"]), f"{max(r['probabilities'].values()):.3f}")
     out.print(table)
 
 
@@ -372,7 +374,7 @@ def _summary(row: dict) -> str:
     if "scores" in row:
         return ", ".join(f"{k} {row['scores'][k]:.2f}" for k in row["labels"]) or "-"
     if "probabilities" in row:
-        return f"{row['label']} {row['probabilities'][row['label']]:.2f}"
+        return f"{row['label']} {max(row['probabilities'].values()):.2f}"
     return ", ".join(row.get("labels", [])) or "-"
 
 

@@ -202,6 +202,11 @@ class TrainConfig:
     rdrop: float = _f(0.0, "R-Drop weight alpha (Liang et al. 2021): two dropout passes per batch, their mean "
                            "loss plus alpha x the symmetric KL between them (regression: squared difference). "
                            "0: off.")
+    calibration: str | None = _f("temperature", "Classification confidence fitted on validation after training "
+                                                "and applied by predict, serve, evaluate and ensembles: "
+                                                "`temperature` (one T dividing the logits: predictions unchanged), "
+                                                "`vector` (a weight and a bias per class: may change predictions) "
+                                                "or None (raw softmax).")
     patience: int | None = _f(4, "Stop after this many evaluations without a better validation metric; "
                                  "None disables early stopping.")
     max_epochs: float = _f(10, "Upper bound on passes over the training data.")
@@ -237,6 +242,8 @@ class TrainConfig:
         if self.adversarial not in (None, *ADVERSARIAL):
             raise ConfigError(f"train.adversarial must be one of {', '.join(ADVERSARIAL)} or null, "
                               f"got {self.adversarial!r}")
+        if self.calibration not in (None, "temperature", "vector"):
+            raise ConfigError(f"train.calibration must be temperature, vector or null, got {self.calibration!r}")
         if self.loss not in (None, "mse", "huber"):
             raise ConfigError(f"train.loss must be mse, huber or null, got {self.loss!r}")
 

@@ -131,7 +131,7 @@ class PredictorEngine(Engine):
         self.tokenizer_lock = threading.Lock()
 
     def probabilities(self, key: str, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        return self.predictor.run.task.outputs(self.predictor.logits_from_ids(ids))
+        return self.predictor.run.task.outputs(self.predictor.logits_from_ids(ids), self.predictor.task_state)
 
     def modules(self) -> list[nn.Module]:
         return [self.predictor.model]
@@ -144,6 +144,7 @@ class _Adapter:
     overrides: dict[str, torch.Tensor]
     n_labels: int
     task: Task
+    state: dict | None = None  # the run's task state (calibration, thresholds)
 
 
 class SharedLoraEngine(Engine):
@@ -206,7 +207,7 @@ class SharedLoraEngine(Engine):
             if expected - loaded:
                 raise RunError(f"{run.path / BEST}: adapter weights missing ({sorted(expected - loaded)[:2]})")
             override_names |= set(overrides)
-            self.adapters[key] = _Adapter(key, model, overrides, len(run.labels), run.task)
+            self.adapters[key] = _Adapter(key, model, overrides, len(run.labels), run.task, run.task_state)
         # Every adapter restores every overridden tensor: what it did not train comes from the base.
         pristine = {n: params[n].detach().float().clone() for n in override_names}
         for a in self.adapters.values():
@@ -255,7 +256,7 @@ class SharedLoraEngine(Engine):
                 with autocast(self.device, self.mode.compute):
                     logits = adapter.model(**{k: v.to(self.device) for k, v in b.items()})
                 out[idx] = logits[: len(idx)].float().cpu()
-        return adapter.task.outputs(out)
+        return adapter.task.outputs(out, adapter.state)
 
     def modules(self) -> list[nn.Module]:
         return [a.model for a in self.adapters.values()]

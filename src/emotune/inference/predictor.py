@@ -269,13 +269,15 @@ class Predictor:
 
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
         """The run's task outputs (class probabilities), one row per text, columns in ``labels`` order."""
-        return self.run.task.outputs(self.logits(texts))
+        return self.run.task.outputs(self.logits(texts), self.task_state)
 
-    def predict(self, texts: Sequence[str]) -> list[dict]:
-        """Per text: the predicted label and every class's probability."""
+    def predict(self, texts: Sequence[str], min_confidence: float | None = None) -> list[dict]:
+        """Per text: the predicted label and every class's (calibrated) probability; ``uncertain`` where the top
+        probability is below ``min_confidence``."""
         texts = list(texts)
         check_texts(texts)
-        return format_predictions(texts, self.probabilities(texts), self.labels, self.run.task, self.task_state)
+        return format_predictions(texts, self.probabilities(texts), self.labels, self.run.task, self.task_state,
+                                  min_confidence)
 
 
 def pad_batch(b: dict[str, torch.Tensor], length_multiple: int, batch_multiple: int,

@@ -1,6 +1,7 @@
 """The HTTP app: prediction API, model list, health, Prometheus metrics, OpenAPI docs and a web page.
 
-    POST /v1/predict   {"texts": [...], "model": NAME} -> per text: label + every class probability
+    POST /v1/predict   {"texts": [...], "model": NAME, "min_confidence": P} -> per text: label + every class
+                       probability (``uncertain`` below P)
     GET  /v1/models    the loaded models with their labels and metrics
     GET  /health       liveness and readiness
     GET  /metrics      Prometheus metrics (requests, latency, batch sizes)
@@ -40,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..inference.engines import ModelRegistry, valid_name
+from ..inference.format import abstain
 from ..version import __version__
 from .batcher import Closed, MicroBatcher, QueueFull
 from .docs import docs_html
@@ -100,11 +102,17 @@ class PredictRequest(BaseModel):
                                    examples=[["i feel wonderful today", "this is terrifying"]])
     model: Optional[StrictStr] = Field(None, description="Name of a loaded model (GET /v1/models); "
                                                          "default: the first one.")
+    min_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                            description="Abstain below this: a class answer whose top "
+                                                        "(calibrated) probability is lower has label "
+                                                        "`uncertain` and its best guess in `best_guess`.")
 
 
 class Prediction(BaseModel):
-    label: str = Field(..., description="The most probable class.")
-    probabilities: dict[str, float] = Field(..., description="Every class's probability (they sum to 1).")
+    label: str = Field(..., description="The most probable class (`uncertain` below min_confidence).")
+    probabilities: dict[str, float] = Field(..., description="Every class's probability (they sum to 1; "
+                                                              "calibrated when the run fitted a calibration).")
+    best_guess: Optional[str] = Field(None, description="With label `uncertain`: the most probable class.")
 
 
 class PredictResponse(BaseModel):
@@ -388,8 +396,10 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
             raise ApiError(500, "non_finite_output", f"model {name!r} gave a non-finite probability for text "
                                                      f"{bad[0] + 1}; no answer is sent for this request")
         served = registry[name]
-        return JSONResponse({"model": name, "predictions": served.run.task.format(probs, labels,
-                                                                                   state=served.task_state)})
+        rows = served.run.task.format(probs, labels, state=served.task_state)
+        if req.min_confidence:
+            rows = [abstain(row, req.min_confidence) for row in rows]
+        return JSONResponse({"model": name, "predictions": rows})
 
     @app.get("/v1/models", summary="Loaded models")
     async def models():

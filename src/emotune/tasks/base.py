@@ -64,8 +64,12 @@ class Task:
         loss."""
         raise NotImplementedError
 
-    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
-        """What users get from the logits (class probabilities for classification)."""
+    def calibrate(self, logits: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """The logits with the run's fitted calibration applied (classification); default: unchanged."""
+        return logits
+
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """What users get from the logits (class probabilities for classification, calibrated by ``state``)."""
         raise NotImplementedError
 
     def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str], *,
@@ -74,9 +78,11 @@ class Task:
         ``fit_state`` chose for the run, e.g. multi-label thresholds; None during training)."""
         raise NotImplementedError
 
-    def fit_state(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str]) -> dict | None:
+    def fit_state(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str], *,
+                  calibration: str | None = None) -> dict | None:
         """What the task fits once after training on the best model's validation logits (multi-label: per-label
-        thresholds); saved as the run's task_state.json and passed back as ``state``. None: nothing to fit."""
+        thresholds; classification: ``calibration``, temperature or vector scaling); saved as the run's
+        task_state.json and passed back as ``state``. None: nothing to fit."""
         return None
 
     def check_metric(self, metric: str, label_names: list[str]) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..io import write_text
 from .base import Task, register_task
+from .calibration import apply_calibration, calibration_metrics, fit_calibration
 
 POLARITY = ("positive", "negative")
 
@@ -77,13 +78,32 @@ class Classification(Task):
         return 0.5 * (kl(la, lb, log_target=True, reduction="batchmean") + kl(lb, la, log_target=True,
                                                                                reduction="batchmean"))
 
-    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float(), -1)
+    def calibrate(self, logits: torch.Tensor, state: dict | None) -> torch.Tensor:
+        return apply_calibration(logits.float(), (state or {}).get("calibration"))
+
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """Class probabilities, with the run's calibration (``state["calibration"]``) applied."""
+        return torch.softmax(self.calibrate(logits, state), -1)
 
     def metrics(self, logits: torch.Tensor, targets: Sequence[int], label_names: list[str], *,
                 state: dict | None = None) -> dict:
+        """Accuracy and P/R/F1 of the (calibrated) predictions; ECE, Brier and NLL of their probabilities, and
+        with a calibration the same three before it (``*_uncalibrated``). ``loss``: the training loss, on the
+        raw logits."""
         loss = self.loss(logits, torch.as_tensor(list(targets))).item()
-        return classification_metrics(np.asarray(targets), logits.argmax(-1).numpy(), label_names, loss)
+        probs = self.outputs(logits, state)
+        out = classification_metrics(np.asarray(targets), probs.argmax(-1).numpy(), label_names, loss)
+        out.update(calibration_metrics(probs, targets))
+        if (state or {}).get("calibration"):
+            out.update(calibration_metrics(self.outputs(logits), targets, "_uncalibrated"))
+        return out
+
+    def fit_state(self, logits: torch.Tensor, targets: Sequence[int], label_names: list[str], *,
+                  calibration: str | None = None) -> dict | None:
+        """The calibration fitted on these (validation) logits; None without one."""
+        if calibration is None or not len(targets):
+            return None
+        return {"calibration": fit_calibration(logits.float(), targets, calibration)}
 
     def check_metric(self, metric: str, label_names: list[str]) -> None:
         super().check_metric(metric, label_names)
@@ -98,16 +118,20 @@ class Classification(Task):
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: Sequence[int] | None, logits: torch.Tensor,
                           label_names: list[str], *, state: dict | None = None) -> None:
-        """text, gold label, prediction, its confidence and every class's probability."""
-        probs = self.outputs(logits)
+        """text, gold label, prediction, its confidence and every class's probability (calibrated: the run's
+        calibration, with the confidence before it in ``confidence_uncalibrated``)."""
+        probs = self.outputs(logits, state)
+        raw = self.outputs(logits).max(-1).values.tolist() if (state or {}).get("calibration") else None
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["text", "label", "predicted", "confidence", *[f"p_{name}" for name in label_names]])
+        w.writerow(["text", "label", "predicted", "confidence", *[f"p_{name}" for name in label_names],
+                    *(["confidence_uncalibrated"] if raw is not None else [])])
         pred = probs.argmax(-1).tolist()
         for i, text in enumerate(texts):
             row = probs[i].tolist()
             w.writerow([text, label_names[gold[i]] if gold is not None else "", label_names[pred[i]],
-                        f"{max(row):.6f}", *[f"{p:.6f}" for p in row]])
+                        f"{max(row):.6f}", *[f"{p:.6f}" for p in row],
+                        *([f"{raw[i]:.6f}"] if raw is not None else [])])
         write_text(path, buf.getvalue())
 
 

@@ -126,7 +126,7 @@ class MultiLabel(Task):
         sym = (pa - pb) * (la - lb) + ((1 - pa) - (1 - pb)) * (na - nb)  # KL(a||b) + KL(b||a)
         return 0.5 * sym.sum(-1).mean()
 
-    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         return torch.sigmoid(logits.float())
 
     def metrics(self, logits: torch.Tensor, targets: Sequence, label_names: list[str], *,
@@ -138,7 +138,8 @@ class MultiLabel(Task):
         pred = (self.outputs(logits).numpy() >= cut).astype(np.int64)
         return multilabel_metrics(y, pred, label_names, loss, cut)
 
-    def fit_state(self, logits: torch.Tensor, targets: Sequence, label_names: list[str]) -> dict | None:
+    def fit_state(self, logits: torch.Tensor, targets: Sequence, label_names: list[str], *,
+                  calibration: str | None = None) -> dict | None:
         """Per-label thresholds maximising each label's F1 on these (validation) logits."""
         cut = best_thresholds(self.outputs(logits).numpy(), multi_hot(targets, len(label_names)))
         return {"thresholds": {name: float(t) for name, t in zip(label_names, cut)}}

@@ -107,8 +107,13 @@ class MultiTask(Task):
             raise ConfigError("a multi-task head needs the run's labels (task:label names) to size its heads")
         return MultiHead(in_features, self.parts, self.uncertainty)
 
-    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.task.outputs(logits[:, p.columns]) for p in self.parts], -1)
+    def calibrate(self, logits: torch.Tensor, state: dict | None) -> torch.Tensor:
+        state = state or {}
+        return torch.cat([p.task.calibrate(logits[:, p.columns], state.get(p.name)) for p in self.parts], -1)
+
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        state = state or {}
+        return torch.cat([p.task.outputs(logits[:, p.columns], state.get(p.name)) for p in self.parts], -1)
 
     def init_head(self, head: nn.Module, targets: dict[str, Sequence[Any]]) -> None:
         """Each task's head from its own training targets (``targets``: task name -> targets)."""
@@ -116,9 +121,12 @@ class MultiTask(Task):
             if p.name in targets:
                 p.task.init_head(head.heads[p.name], targets[p.name])
 
-    def fit_state(self, logits: Any, targets: Any, label_names: list[str]) -> dict | None:
-        """Each task's fitted state (multilabel thresholds), keyed by task; None when no task fits any."""
-        state = {p.name: p.task.fit_state(logits[p.name][:, p.columns], targets[p.name], p.labels)
+    def fit_state(self, logits: Any, targets: Any, label_names: list[str], *,
+                  calibration: str | None = None) -> dict | None:
+        """Each task's fitted state (multilabel thresholds, classification calibration), keyed by task; None when
+        no task fits any."""
+        state = {p.name: p.task.fit_state(logits[p.name][:, p.columns], targets[p.name], p.labels,
+                                          calibration=calibration)
                  for p in self.parts if p.name in logits}
         state = {name: s for name, s in state.items() if s is not None}
         return state or None

@@ -97,7 +97,7 @@ class Regression(Task):
         diff = (a.float() - b.float()) ** 2
         return (diff * weight if weight is not None else diff).mean()
 
-    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         return logits.float()
 
     def metrics(self, logits: torch.Tensor, targets: Sequence, label_names: list[str], *,

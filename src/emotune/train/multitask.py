@@ -210,7 +210,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     logits = {p.name: predict_logits(trainer.model, enc["validation"][p.name], cfg.train.eval_batch_size,
                                      trainer.device, pad, trainer.dtype) for p in task.parts}
     gold = {n: d["validation"].labels for n, d in data.items()}
-    state = task.fit_state(logits, gold, labels)
+    state = task.fit_state(logits, gold, labels, calibration=cfg.train.calibration)
     validation = result.best_metrics
     if state is not None:
         write_json(out / TASK_STATE, state)

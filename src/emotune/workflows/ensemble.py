@@ -15,6 +15,9 @@ builds a model that runs every member and averages what users get from each (wit
   the members trained on the same examples);
 - multi-task: each task's columns by its own type's rule above (thresholds kept per task).
 
+A member with a calibration (``train.calibration``, in its task_state.json) enters with its calibrated logits:
+the ensemble averages the probabilities each member answers alone, and fits no calibration of its own.
+
 Nothing trains; the run folder keeps the member paths in config.yaml (the members' own folders hold the
 weights) and evaluates, predicts, serves and reports like any run; its metrics are its task's own.
 
@@ -78,9 +81,11 @@ class EnsembleModel(nn.Module):
     of each task and its rule from ``RULES``); returns logits whose task outputs are those averages."""
 
     def __init__(self, members: list[nn.Module], weights: list[float],
-                 plan: list[tuple[slice, str]] | None = None):
+                 plan: list[tuple[slice, str]] | None = None, calibrations: list[tuple] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.calibrations = calibrations or [(None, None)] * len(members)
+        """Per member: (its task, its task state): its own calibration applies to its logits first."""
         total = float(sum(weights))
         self.register_buffer("weights", torch.tensor([w / total for w in weights]), persistent=False)
         self.plan = plan or [(slice(None), "softmax")]
@@ -89,6 +94,7 @@ class EnsembleModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outs = [m(input_ids=input_ids, attention_mask=attention_mask).float() for m in self.members]
+        outs = [task.calibrate(o, state) if state else o for o, (task, state) in zip(outs, self.calibrations)]
         weights = self.weights.float()
         blocks = []
         for columns, rule in self.plan:
@@ -239,7 +245,7 @@ def build_ensemble(cfg, labels: list[str] | dict[str, list[str]], fit: bool = Tr
         model, tokenizer = run.load_model()
         members.append(merge_adapter(model))  # inference only: adapters fold into their base
     weights = options.weights or [1.0] * len(members)
-    model = EnsembleModel(members, weights, plan).eval()
+    model = EnsembleModel(members, weights, plan, [(r.task, r.task_state) for r in runs]).eval()
     model.requires_grad_(False)  # nothing of it is kept in the ensemble's own model.safetensors
     state = mean_thresholds(runs, [w / sum(weights) for w in weights])
     model.run_files = {name: content for name, content in ((TASK_STATE, state), (TARGETS, first.target_statistics))
