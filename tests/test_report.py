@@ -120,8 +120,8 @@ def test_examples_unfinished_and_files(report):
         assert 1 <= len(rows) <= 3 and all(" → " in r[4] for r in rows if r[3])
     assert "## Unfinished runs (left out)" in text and "`cut`" in text
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["confusion.png", "curves-full-fine-tuning.png", "curves-lora-all-linear.png",
-                    "curves-lora-attention.png", "tradeoff.png"]
+    assert pngs == ["confusion.png", "coverage.png", "curves-full-fine-tuning.png", "curves-lora-all-linear.png",
+                    "curves-lora-attention.png", "reliability.png", "tradeoff.png"]
     for p in pngs:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({p})" in text
     summary = json.loads((out / "summary.json").read_text())
@@ -159,7 +159,7 @@ def test_html_is_self_contained(report):
     checker = _Checker()
     checker.feed(page)
     assert checker.stack == [] and checker.external == []
-    assert len(checker.images) == 5 and all(src.startswith("data:image/png;base64,") for src in checker.images)
+    assert len(checker.images) == 7 and all(src.startswith("data:image/png;base64,") for src in checker.images)
     assert "http://" not in page and "https://" not in page
     assert page.count("<table>") == len(md_tables((out / "report.md").read_text()))
 
@@ -178,3 +178,12 @@ def test_cli_report(runs, tmp_path):
     r = subprocess.run([sys.executable, "-m", "emotune.cli", "report", str(tmp_path / "none"), "--out",
                         str(tmp_path / "r2")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "no such folder" in r.stderr
+
+
+def test_calibration_section_gives_before_and_after_and_its_plots(report):
+    out, first, _, _ = report
+    text = (out / "report.md").read_text()
+    assert "## Calibration" in text and (out / "reliability.png").is_file() and (out / "coverage.png").is_file()
+    header, rows = next((h, r) for h, r in md_tables(text) if h[:4] == ["family", "ECE", "Brier", "NLL"])
+    assert {r[0] for r in rows} == set(FAMILIES)
+    assert all("→" in cell for r in rows for cell in r[1:4]) and all(r[4].startswith("T = ") for r in rows)

@@ -18,6 +18,7 @@ from ..runs import predictions_file
 from ..tasks import HIGHER_IS_BETTER
 from . import plots, sections, seeds, tables
 from .analysis import report_section
+from .calibration import calibration_section
 from .collect import (Collection, Entry, choose, collect, family_metric, hyper_label, is_multitask, parts, slug,
                       sort_key, task_kind, varying)
 from .render import Block, Figure, Heading, Table, Text, to_html, to_markdown
@@ -155,7 +156,8 @@ def _test(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]],
         path = plots.confusion_plot(tested, out / "confusion.png")
         figures.append(path)
         blocks.append(Figure(path, "Test confusion matrices of the chosen runs (rows: true label)."))
-    return blocks, figures
+    more, figs = calibration_section(chosen, out)
+    return blocks + more, figures + figs
 
 
 def _family_order(item: tuple[str, list[Entry]]) -> tuple:

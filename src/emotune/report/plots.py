@@ -217,3 +217,33 @@ def label_f1_plot(per_split: dict[str, dict[str, float]], path: Path, title: str
     ax.legend(loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def reliability_plot(curves: dict[str, dict[str, list[tuple[float, float, int]]]], path: Path) -> Path:
+    """One panel per family: (mean confidence, accuracy, count) per bin, before and after calibration."""
+    fig, axes = _grid(len(curves))
+    for ax, (fam, by) in zip(axes, curves.items()):
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--")
+        for (name, points), color in zip(sorted(by.items(), reverse=True), ("tab:orange", "tab:blue")):
+            if points:
+                conf, acc, n = (np.array(x) for x in zip(*points))
+                ax.plot(conf, acc, color=color, linewidth=1)
+                ax.scatter(conf, acc, s=8 + 200 * n / n.sum(), color=color, alpha=0.7, label=name)
+        ax.set_title(fam)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Accuracy of the answered texts against the share answered, one line per family."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for fam, (coverage, accuracy, _) in curves.items():
+        ax.plot(100 * coverage, 100 * accuracy, label=fam)
+    ax.set_xlabel("texts answered (%), most confident first")
+    ax.set_ylabel("accuracy of the answered (%)")
+    ax.legend(loc="lower left")
+    return _save(fig, path)
