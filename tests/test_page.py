@@ -231,3 +231,24 @@ def test_page_shows_a_section_per_task_with_value_gauges(tiny_model, toy_data, t
     finally:
         browser.close()
         srv.stop()
+
+
+def test_page_highlights_the_words_of_an_explanation(server, tmp_path):
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=server.url + "/")
+        browser.wait_for("document.body && document.body.dataset.ready === '1'")
+        browser.type("#texts", ["i feel happy today"])
+        browser.click("#go")
+        browser.wait_for("document.querySelectorAll('.result .why').length === 1")
+        browser.click(".result .why")
+        browser.wait_for("document.querySelectorAll('.result .w').length > 0")
+        spans = json.loads(browser.eval("JSON.stringify([...document.querySelectorAll('.result .w')].map(s => "
+                                        "[s.textContent, parseFloat(s.dataset.score)]))"))
+        want = httpx.post(server.url + "/v1/explain", json={"text": "i feel happy today", "model": "emo"}).json()
+        assert [w for w, _ in spans] == [w["word"] for w in want["words"]] == ["i", "feel", "happy", "today"]
+        assert [s for _, s in spans] == pytest.approx([w["score"] for w in want["words"]], rel=1e-4, abs=1e-6)
+        assert browser.eval("document.querySelector('.result .text').textContent") == "i feel happy today"
+    finally:
+        browser.close()

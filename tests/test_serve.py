@@ -297,6 +297,38 @@ def test_wrong_method_and_path_are_json_too(client):
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
 
 
+EXPLAIN_BAD = [
+    ("unknown target", {"text": "i feel happy", "model": "emo", "target": "nope"}, 422, "unknown_target"),
+    ("bad method", {"text": "i feel happy", "method": "shap"}, 422, "invalid_request"),
+    ("too many steps", {"text": "i feel happy", "steps": 10_000}, 422, "invalid_request"),
+    ("too long", {"text": "x" * 301}, 413, "text_too_long"),
+    ("blank", {"text": "  "}, 422, "empty_text"),
+    ("path as model", {"text": "hi", "model": "../runs/x"}, 422, "invalid_model_name"),
+    ("unknown model", {"text": "hi", "model": "nope"}, 404, "unknown_model"),
+    ("texts instead of text", {"texts": ["hi"]}, 422, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize("case,body,status,kind", EXPLAIN_BAD, ids=[b[0] for b in EXPLAIN_BAD])
+def test_explain_refuses_bad_requests(client, case, body, status, kind):
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["type"] == kind
+
+
+def test_explain_answers_word_scores_like_the_library(client, runs):
+    from emotune.inference.explain import Explainer
+
+    r = client.post("/v1/explain", json={"text": "i feel happy today", "model": "full", "target": "joy"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "full" and body["target"] == "joy" and body["method"] == "ig"
+    assert [w["word"] for w in body["words"]] == ["i", "feel", "happy", "today"]
+    want = Explainer(runs["emo-full"]).explain("i feel happy today", "joy")
+    assert [w["score"] for w in body["words"]] == pytest.approx([w["score"] for w in want.words], rel=1e-4,
+                                                                 abs=1e-7)
+
+
 def test_no_bad_request_ever_became_a_500(client):
     for _, kwargs, _, _ in BAD:
         client.post("/v1/predict", **kwargs)

@@ -116,6 +116,14 @@ def predict(run_dir: str | Path, texts: Sequence[str], min_confidence: float | N
     return Predictor(run_dir, **kw).predict(texts, min_confidence)
 
 
+def explain(run_dir: str | Path, text: str, target: str | None = None, method: str = "ig", steps: int = 20) -> dict:
+    """Word attributions for one text (``target``: a label or regression target; default: the prediction);
+    see ``emotune.inference.explain``. For many texts, keep an ``Explainer``: it loads the run once."""
+    from .inference.explain import Explainer
+
+    return Explainer(run_dir).explain(text, target, method, steps).as_dict()
+
+
 def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] | None = None) -> list[dict]:
     """One summary row per run folder below ``root``; an unreadable one is left out (after
     ``on_error(folder, why)`` when given)."""
@@ -135,4 +143,4 @@ def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] |
     return rows
 
 
-__all__ = ["Predictor", "evaluate", "list_runs", "predict", "resolve_config", "train"]
+__all__ = ["Predictor", "evaluate", "explain", "list_runs", "predict", "resolve_config", "train"]

@@ -366,6 +366,44 @@ def predict(
     out.print(table)
 
 
+@app.command()
+@friendly
+def explain(
+    run_dir: Path = typer.Argument(..., help="A finished run folder (a pretrained-encoder run)."),
+    text: str = typer.Argument(..., help="The text to explain."),
+    target: Optional[str] = typer.Option(None, help="Label (task:label in multi-task runs) or regression target "
+                                                    "to explain (default: the predicted class)."),
+    method: str = typer.Option("ig", help="ig (Integrated Gradients, Captum) or gxi (gradient x input: one "
+                                          "backward pass, faster, rougher)."),
+    steps: int = typer.Option(20, help="Integrated Gradients: points on the path from the all-[PAD] baseline."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the words with their character offsets and "
+                                                       "scores."),
+):
+    """Which words pushed the prediction: green towards the target, red away from it."""
+    from rich.text import Text
+
+    from .inference.explain import Explainer
+
+    e = Explainer(run_dir).explain(text, target, method, steps)
+    if as_json:
+        print(json.dumps(e.as_dict(), ensure_ascii=False, indent=2))
+        return
+    top = max((abs(w["score"]) for w in e.words), default=0.0) or 1.0
+    line, last = Text(), 0
+    for w in e.words:
+        line.append(text[last:w["start"]])
+        shade = int(255 * (1 - min(1.0, abs(w["score"]) / top)))
+        colour = f"rgb({shade},255,{shade})" if w["score"] > 0 else f"rgb(255,{shade},{shade})"
+        line.append(text[w["start"]:w["end"]], style=f"black on {colour}")
+        last = w["end"]
+    line.append(text[last:])
+    out.print(f"target [bold]{escape(e.target)}[/] ({e.value:.3f}); predicted {escape(e.predicted)}; "
+              f"{e.method}, {e.ms:.0f} ms")
+    out.print(line)
+    ranked = sorted(e.words, key=lambda w: -abs(w["score"]))[:5]
+    out.print("strongest: " + ", ".join(f"{escape(w['word'])} {w['score']:+.3f}" for w in ranked))
+
+
 def _summary(row: dict) -> str:
     """One task's prediction in a few characters: `joy 0.93`, `V 3.10 A 2.95`, or a label set
     (`joy 0.91, love 0.62`; `-` when no label reaches its threshold)."""

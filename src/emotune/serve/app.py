@@ -2,6 +2,7 @@
 
     POST /v1/predict   {"texts": [...], "model": NAME, "min_confidence": P} -> per text: label + every class
                        probability (``uncertain`` below P)
+    POST /v1/explain   {"text": "...", "model": NAME, "target": LABEL} -> word-level attributions
     GET  /v1/models    the loaded models with their labels and metrics
     GET  /health       liveness and readiness
     GET  /metrics      Prometheus metrics (requests, latency, batch sizes)
@@ -29,7 +30,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from fastapi import FastAPI, Request
@@ -118,6 +119,35 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     predictions: list[Prediction]
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr = Field(..., description="The text to explain.", examples=["i am furious about this"])
+    model: Optional[StrictStr] = Field(None, description="Name of a loaded model; default: the first one.")
+    target: Optional[StrictStr] = Field(None, description="A label (task:label in multi-task runs) or regression "
+                                                          "target; default: the predicted class.")
+    method: Literal["ig", "gxi"] = Field("ig", description="ig: Integrated Gradients; gxi: gradient x input "
+                                                          "(one backward pass, rougher).")
+    steps: int = Field(20, ge=1, le=100, description="Integrated Gradients steps.")
+
+
+class Word(BaseModel):
+    word: str
+    start: int = Field(..., description="Character offset of the word in the text.")
+    end: int
+    score: float = Field(..., description="> 0: pushed towards the target; < 0: away from it.")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    target: str
+    predicted: str
+    value: float = Field(..., description="The target's probability (or value) for this text.")
+    method: str
+    words: list[Word]
+    convergence_delta: Optional[float] = None
+    ms: float
 
 
 class ErrorBody(BaseModel):
@@ -213,7 +243,7 @@ class TrustedHost(TrustedHostMiddleware):
 class Metrics:
     """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
 
-    PATHS = {"/v1/predict", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json"}
+    PATHS = {"/v1/predict", "/v1/explain", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json"}
 
     def __init__(self, batcher_pending):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -339,39 +369,87 @@ def create_app(registry: ModelRegistry, *, limits: Limits | None = None,
 
     request_schema = PredictRequest.model_json_schema()
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,  # type: ignore[arg-type]
-              summary="Classify texts",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": request_schema}}}})
-    async def predict(request: Request):
-        """Per text, the most probable label and every class's probability."""
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the body as JSON with the header "
-                                                          "Content-Type: application/json")
-        req = _parse(await request.body())
-        name = req.model if req.model is not None else registry.default
+    def check_text(i: int, t: str) -> None:
+        if len(t) > limits.max_chars:
+            raise ApiError(413, "text_too_long", f"text {i + 1} has {len(t):,} characters; "
+                                                 f"at most {limits.max_chars:,}")
+        if not t.strip():
+            raise ApiError(422, "empty_text", f"text {i + 1} is empty")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+            raise ApiError(422, "invalid_text", f"text {i + 1} is not valid Unicode") from None
+
+    def model_name(requested: Optional[str]) -> str:
+        name = requested if requested is not None else registry.default
         if not valid_name(name):
             raise ApiError(422, "invalid_model_name", "a model name is a plain name of a loaded model "
                                                       "(letters, digits, '.', '_', '-'); see GET /v1/models")
         if name not in registry:
             raise ApiError(404, "unknown_model", f"no model named {name!r} is loaded; "
                                                  f"loaded: {', '.join(registry.names)}")
+        return name
+
+    def check_json(request: Request) -> None:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as JSON with the header "
+                                                          "Content-Type: application/json")
+
+    explainers: dict[str, object] = {}
+    explain_lock = asyncio.Lock()  # one explanation at a time: each takes both cores for a moment
+
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS,  # type: ignore[arg-type]
+              summary="Explain a prediction",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": ExplainRequest.model_json_schema()}}}})
+    async def explain(request: Request):
+        """Word-level attributions (Integrated Gradients, sub-word pieces merged) for one text: positive scores
+        pushed towards the target (default: the predicted class), negative ones away from it."""
+        from ..errors import EmotuneError
+        from ..inference.explain import Explainer
+
+        check_json(request)
+        req = _parse(await request.body(), ExplainRequest)
+        name = model_name(req.model)
+        check_text(0, req.text)
+        if req.target is not None and req.target not in registry[name].labels:
+            raise ApiError(422, "unknown_target", f"model {name!r} has no target {req.target!r}; its targets: "
+                                                  f"{', '.join(registry[name].labels)}")
+        if not state["ready"]:
+            raise ApiError(503, "unavailable", "the server is starting or shutting down")
+
+        def work() -> dict:
+            if name not in explainers:
+                explainers[name] = Explainer(registry[name].run)
+            return explainers[name].explain(req.text, req.target, req.method, req.steps).as_dict()
+
+        try:
+            async with explain_lock:
+                result = await asyncio.wait_for(asyncio.to_thread(work), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no explanation within {limits.timeout_s:g} s") from None
+        except EmotuneError as e:  # e.g. an ensemble or a classic model: nothing to attribute on
+            raise ApiError(422, "not_explainable", str(e)) from None
+        result.pop("text", None)
+        return JSONResponse(finite({"model": name, **result}))
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,  # type: ignore[arg-type]
+              summary="Classify texts",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": request_schema}}}})
+    async def predict(request: Request):
+        """Per text, the most probable label and every class's probability."""
+        check_json(request)
+        req = _parse(await request.body(), PredictRequest)
+        name = model_name(req.model)
         texts = req.texts
         if not texts:
             raise ApiError(422, "no_texts", "texts is empty: send at least one text")
         if len(texts) > limits.max_texts:
             raise ApiError(413, "too_many_texts", f"{len(texts)} texts; at most {limits.max_texts} per request")
         for i, t in enumerate(texts):
-            if len(t) > limits.max_chars:
-                raise ApiError(413, "text_too_long", f"text {i + 1} has {len(t):,} characters; "
-                                                     f"at most {limits.max_chars:,}")
-            if not t.strip():
-                raise ApiError(422, "empty_text", f"text {i + 1} is empty")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
-                raise ApiError(422, "invalid_text", f"text {i + 1} is not valid Unicode") from None
+            check_text(i, t)
         if not state["ready"]:
             raise ApiError(503, "unavailable", "the server is starting or shutting down")
         batcher = batcher_box["b"]
@@ -449,7 +527,7 @@ class _Wrap:
         await self.inner(scope, receive, send)
 
 
-def _parse(body: bytes) -> PredictRequest:
+def _parse(body: bytes, schema: type[BaseModel]):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -461,9 +539,9 @@ def _parse(body: bytes) -> PredictRequest:
     except (ValueError, RecursionError):  # an integer with too many digits, nesting too deep
         raise ApiError(400, "invalid_json", "the body is not JSON this server accepts") from None
     if not isinstance(obj, dict):
-        raise ApiError(422, "invalid_request", 'the body must be a JSON object: {"texts": [...], "model": NAME}')
+        raise ApiError(422, "invalid_request", "the body must be a JSON object (see /docs)")
     try:
-        return PredictRequest.model_validate(obj)
+        return schema.model_validate(obj)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", _describe(e.errors())) from None
 
