@@ -41,3 +41,9 @@ def test_minilm_beats_the_majority_class(real_data, tmp_path, method):
     rows = list(csv.DictReader(open(out / "predictions_validation.csv", encoding="utf-8")))
     preds = api.predict(out, [r["text"] for r in rows])
     assert [p["label"] for p in preds] == [r["predicted"] for r in rows]
+    if method == "full":  # explanations of a real model point at words that matter
+        from emotune.inference.explain import Explainer, faithfulness
+
+        result = faithfulness(Explainer(out), [r["text"] for r in rows[:40]], k=3)
+        assert result["texts"] >= 30 and result["share"] > 0.6, result
+        assert result["mean_drop_top"] > result["mean_drop_random"]

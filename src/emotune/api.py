@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
@@ -79,17 +81,20 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
         write_json(out / TARGETS, targets)
     if isinstance(tokenizer, WordTokenizer):
         tokenizer.save(out / VOCAB)
-    enc_train = Encoded(encode(tokenizer, train_split.texts, cfg.data.max_length), train_split.labels)
+    texts, labels, distill, teaching = list(train_split.texts), list(train_split.labels), None, {}
+    if cfg.train.teacher:  # knowledge distillation: the teachers' targets per training text, computed once
+        texts, labels, distill, teaching = _teaching(cfg, texts, labels, data.label_names, task, progress)
+    enc_train = Encoded(encode(tokenizer, texts, cfg.data.max_length), labels)
     enc_val = Encoded(encode(tokenizer, val_split.texts, cfg.data.max_length), val_split.labels)
     assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
     from .train.augment import epoch_augmenter
 
-    augment = epoch_augmenter(train_split.texts, train_split.labels, tokenizer, cfg.data.max_length,
+    augment = epoch_augmenter(texts, labels, tokenizer, cfg.data.max_length,
                               cfg.data.augment, cfg.train.seed, encoded=enc_train)
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
-                      lr_scales=lr_scales(cfg.method, model), task=task, augment=augment)
+                      lr_scales=lr_scales(cfg.method, model), task=task, augment=augment, distill=distill)
     result: TrainResult = trainer.fit()
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
@@ -105,9 +110,28 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
                                    data.label_names, state=state)
     metrics = Run.open(out).update_metrics(
         completed=True, data={"name": data.name, **{s: len(v) for s, v in data.splits.items()}},
-        train={**result.summary, **lexicon_record(cfg.model.lexicon)}, validation=validation)
+        train={**result.summary, **lexicon_record(cfg.model.lexicon), **teaching}, validation=validation)
     trainer.finish()  # only now: a kill before this line resumes at the last step, never from step 0
     return metrics
+
+
+def _teaching(cfg: RunConfig, texts: list[str], labels: list, label_names: list[str], task, progress: bool):
+    """The training rows with ``train.distill_unlabeled``'s texts appended (their placeholder labels never
+    count: they are marked as having no gold label), the loop's Distillation and what the run records."""
+    from .data.base import read_text
+    from .train.distill import Distillation
+    from .workflows.teacher import teacher_targets
+
+    extra = [t for t in read_text(Path(cfg.train.distill_unlabeled).expanduser()) if t.strip()] \
+        if cfg.train.distill_unlabeled else []
+    gold = [True] * len(texts) + [False] * len(extra)
+    texts, labels = texts + extra, labels + [labels[0]] * len(extra)
+    soft, record = teacher_targets(cfg.train.teacher, texts, label_names, task, cfg.train.distill_temperature,
+                                   progress)
+    distill = Distillation(soft, torch.tensor(gold), cfg.train.distill_alpha, cfg.train.distill_temperature)
+    return texts, labels, distill, {**record, "distill_alpha": cfg.train.distill_alpha,
+                                    "distill_temperature": cfg.train.distill_temperature,
+                                    "unlabeled_texts": len(extra)}
 
 
 def predict(run_dir: str | Path, texts: Sequence[str], min_confidence: float | None = None, **kw) -> list[dict]:

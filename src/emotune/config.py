@@ -202,6 +202,16 @@ class TrainConfig:
     rdrop: float = _f(0.0, "R-Drop weight alpha (Liang et al. 2021): two dropout passes per batch, their mean "
                            "loss plus alpha x the symmetric KL between them (regression: squared difference). "
                            "0: off.")
+    teacher: list[str] | None = _f(None, "Knowledge distillation: finished run folder(s) (an ensemble run, or "
+                                         "several runs whose outputs are averaged) on the same labels; their "
+                                         "outputs on the training texts are computed once and cached.")
+    distill_alpha: float = _f(0.5, "Distillation: weight of the gold-label loss; 1 - alpha weighs the "
+                                   "teachers' term (T² x KL to their softened probabilities; regression: "
+                                   "squared error to their values).")
+    distill_temperature: float = _f(2.0, "Distillation temperature T softening teacher and student "
+                                         "probabilities.")
+    distill_unlabeled: str | None = _f(None, "Distillation: a text file (one text per line) of extra training "
+                                             "texts without labels; they count in the teachers' term only.")
     calibration: str | None = _f("temperature", "Classification confidence fitted on validation after training "
                                                 "and applied by predict, serve, evaluate and ensembles: "
                                                 "`temperature` (one T dividing the logits: predictions unchanged), "
@@ -242,6 +252,12 @@ class TrainConfig:
         if self.adversarial not in (None, *ADVERSARIAL):
             raise ConfigError(f"train.adversarial must be one of {', '.join(ADVERSARIAL)} or null, "
                               f"got {self.adversarial!r}")
+        _in_range("train.distill_alpha", self.distill_alpha, 0, 1)
+        _positive("train.distill_temperature", self.distill_temperature)
+        if isinstance(self.teacher, str):  # `--set train.teacher=runs/a` names one run
+            self.teacher = [self.teacher]
+        if self.distill_unlabeled is not None and not self.teacher:
+            raise ConfigError("train.distill_unlabeled needs train.teacher: unlabeled texts get only teacher targets")
         if self.calibration not in (None, "temperature", "vector"):
             raise ConfigError(f"train.calibration must be temperature, vector or null, got {self.calibration!r}")
         if self.loss not in (None, "mse", "huber"):

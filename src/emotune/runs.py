@@ -250,6 +250,15 @@ def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = Tr
                             ("train.rdrop", cfg.train.rdrop), ("data.augment", cfg.data.augment)) if on]
     if used and not trains:
         raise ConfigError(f"{', '.join(used)}: method {method} does not train, so there is nothing to regularise")
+    if cfg.train.teacher:
+        if not trains:
+            raise ConfigError(f"train.teacher: method {method} does not train, so there is no student to teach")
+        if cfg.is_multitask:
+            raise ConfigError("train.teacher: distillation of multi-task runs is not supported yet; distil each "
+                              "task into its own run")
+        if cfg.data.augment:
+            raise ConfigError("train.teacher with data.augment: augmented copies have no teacher outputs; "
+                              "use train.distill_unlabeled for extra texts")
 
 
 def resolve_task(data) -> None:

@@ -64,6 +64,15 @@ class Task:
         loss."""
         raise NotImplementedError
 
+    def soften(self, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        """Knowledge distillation's targets from one or more teachers' logits on the same texts (averaged)."""
+        raise ConfigError(f"knowledge distillation (train.teacher) does not apply to {self.name or 'these'} runs")
+
+    def distill(self, logits: torch.Tensor, soft: torch.Tensor, temperature: float,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The distillation term of a batch: how far the student's logits are from the teachers' ``soft``."""
+        raise ConfigError(f"knowledge distillation (train.teacher) does not apply to {self.name or 'these'} runs")
+
     def calibrate(self, logits: torch.Tensor, state: dict | None) -> torch.Tensor:
         """The logits with the run's fitted calibration applied (classification); default: unchanged."""
         return logits

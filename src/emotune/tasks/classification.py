@@ -78,6 +78,17 @@ class Classification(Task):
         return 0.5 * (kl(la, lb, log_target=True, reduction="batchmean") + kl(lb, la, log_target=True,
                                                                                reduction="batchmean"))
 
+    def soften(self, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        """The teachers' class probabilities at temperature T, averaged (Hinton et al. 2015)."""
+        return torch.stack([torch.softmax(t.float() / temperature, -1) for t in teacher_logits]).mean(0)
+
+    def distill(self, logits: torch.Tensor, soft: torch.Tensor, temperature: float,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """T² x KL(teachers' softened probabilities || the student's at T): T² keeps the soft term's gradients
+        on the scale of the hard one's whatever T (Hinton et al. 2015)."""
+        log_student = torch.log_softmax(logits.float() / temperature, -1)
+        return temperature**2 * nn.functional.kl_div(log_student, soft.float(), reduction="batchmean")
+
     def calibrate(self, logits: torch.Tensor, state: dict | None) -> torch.Tensor:
         return apply_calibration(logits.float(), (state or {}).get("calibration"))
 

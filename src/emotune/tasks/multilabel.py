@@ -126,6 +126,16 @@ class MultiLabel(Task):
         sym = (pa - pb) * (la - lb) + ((1 - pa) - (1 - pb)) * (na - nb)  # KL(a||b) + KL(b||a)
         return 0.5 * sym.sum(-1).mean()
 
+    def soften(self, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        """Each label's teacher probability at temperature T, averaged over teachers."""
+        return torch.stack([torch.sigmoid(t.float() / temperature) for t in teacher_logits]).mean(0)
+
+    def distill(self, logits: torch.Tensor, soft: torch.Tensor, temperature: float,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """T² x binary cross-entropy of the student's label probabilities at T against the teachers'."""
+        return temperature**2 * nn.functional.binary_cross_entropy_with_logits(logits.float() / temperature,
+                                                                               soft.float())
+
     def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         return torch.sigmoid(logits.float())
 

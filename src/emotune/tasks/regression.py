@@ -97,6 +97,15 @@ class Regression(Task):
         diff = (a.float() - b.float()) ** 2
         return (diff * weight if weight is not None else diff).mean()
 
+    def soften(self, teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+        """The teachers' predicted values, averaged (no temperature: values are not probabilities)."""
+        return torch.stack([t.float() for t in teacher_logits]).mean(0)
+
+    def distill(self, logits: torch.Tensor, soft: torch.Tensor, temperature: float,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared error to the teachers' values, standardised like the loss (``weight`` = 1 / variance)."""
+        return self.consistency(logits, soft, weight)
+
     def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         return logits.float()
 

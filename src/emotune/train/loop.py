@@ -31,6 +31,7 @@ from ..tasks import Task, is_better, task_for
 from .evaluate import evaluate_model
 from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 from .precision import MasterWeights, resolve_device, resolve_precision
+from .distill import Distillation
 from .robust import Objective, apply_mixout, model_forward
 
 
@@ -115,7 +116,8 @@ class Trainer:
                  cfg: TrainConfig, out_dir: Path, *, lr: float, warmup_ratio: float, pad_id: int = 0,
                  progress: bool = True, on_step: Callable[[int], bool] | None = None,
                  on_evaluate: Callable[[int, dict], None] | None = None, lr_scales: dict[str, float] | None = None,
-                 task: Task | None = None, augment: Callable[[int], Encoded] | None = None):
+                 task: Task | None = None, augment: Callable[[int], Encoded] | None = None,
+                 distill: Distillation | None = None):
         self.task = task or task_for()
         self.task.check_metric(cfg.metric, label_names)
         self.task.check_loss(cfg.loss)
@@ -134,6 +136,7 @@ class Trainer:
         self.forward = model_forward(self.model, self.device, self.dtype)
         # data.augment: the epoch's training data (the texts and their fresh augmented copies) by epoch number.
         self.augment = augment
+        self.distill = distill  # train.teacher: each training row's teacher targets
         self.epoch_data, self._epoch = train, None
         self.params = parameter_counts(model)
         reset_peak_memory(self.device)  # this run's own peak, even after other runs in this process
@@ -306,7 +309,9 @@ class Trainer:
         return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
 
     def loss_of(self, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        """The task's training loss of a batch's logits."""
+        """The task's training loss of a batch's logits (mixed with the teachers' term when distilling)."""
+        if self.distill is not None:
+            return self.distill.loss(self.task, logits, targets, idx, self.class_weights, self.cfg.loss)
         return self.task.loss(logits, targets, self.class_weights, self.cfg.loss)
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:

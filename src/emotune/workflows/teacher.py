@@ -1,0 +1,86 @@
+"""The teachers of a distilled run (``train.teacher``): their outputs on the student's training texts, computed
+once and cached by fingerprint, so that distilling costs the student's training time only (plus one teacher
+pass the first time those texts meet that teacher).
+
+The cache (``emotune.io.cache_dir()/teachers/<fingerprint>.safetensors``) is keyed by the teacher's weights
+hash, its config (an ensemble's member hashes included), its labels and the texts; a retrained teacher or
+other texts never reuse stale outputs. The student records each teacher's path and weights hash in its
+metrics.json (``train.teachers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..inference.predictor import Predictor
+from ..io import cache_dir, load_tensors, save_tensors
+from ..progress import training_progress
+from ..runs import Run, weights_sha256
+from ..tasks import Task
+
+CHUNK = 512  # texts per progress step of the teacher pass
+
+
+def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> list[Run]:
+    runs = []
+    for p in paths:
+        run = Run.open_finished(Path(p).expanduser(), "teacher")
+        if run.config.is_multitask:
+            raise ConfigError(f"{run.path}: a multi-task teacher cannot teach a single-task student")
+        if run.task.name != task.name:
+            raise ConfigError(f"{run.path} is a {run.task.name} run; the student is a {task.name} run")
+        if run.labels != label_names:
+            raise ConfigError(f"{run.path}: labels {run.labels} differ from the student's {label_names} "
+                              "(teachers must share the labels, in order)")
+        runs.append(run)
+    return runs
+
+
+def fingerprint(run: Run, texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([weights_sha256(run.path), run.config.to_yaml(), run.labels]).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:32]
+
+
+def teacher_logits(run: Run, texts: Sequence[str], progress: bool = True) -> tuple[torch.Tensor, float]:
+    """(the teacher's logits on ``texts``, seconds spent computing them: 0 when cached)."""
+    path = cache_dir() / "teachers" / f"{fingerprint(run, texts)}.safetensors"
+    if path.is_file():
+        logits = load_tensors(path)[0]["logits"]
+        if logits.shape[0] == len(texts):
+            return logits, 0.0
+    start = time.perf_counter()
+    predictor = Predictor(run, batch_size=run.config.train.eval_batch_size)
+    parts = []
+    with training_progress(len(texts), progress, f"teacher pass ({run.path.name})") as bar:
+        for i in range(0, len(texts), CHUNK):
+            parts.append(predictor.logits(list(texts[i:i + CHUNK])))
+            bar.update(completed=min(i + CHUNK, len(texts)))
+    logits = torch.cat(parts) if parts else torch.empty(0, len(run.labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, {"logits": logits.contiguous()}, {"teacher": str(run.path)})
+    return logits, time.perf_counter() - start
+
+
+def teacher_targets(paths: Sequence[str], texts: Sequence[str], label_names: list[str], task: Task,
+                    temperature: float, progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """Each text's distillation target (the teachers' softened probabilities or values, averaged) and what the
+    student records of its teachers."""
+    runs = teacher_runs(paths, label_names, task)
+    logits, seconds = [], 0.0
+    for run in runs:
+        got, s = teacher_logits(run, texts, progress)
+        logits.append(got)
+        seconds += s
+    record = {"teachers": [{"path": str(r.path.resolve()), "sha256": weights_sha256(r.path)} for r in runs],
+              "teacher_pass_s": round(seconds, 1)}
+    return task.soften(logits, temperature), record

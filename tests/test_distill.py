@@ -1,0 +1,100 @@
+"""Knowledge distillation (train.teacher): the mixed loss, teacher outputs computed once and cached, the
+teachers' hashes recorded, unlabeled texts, regression students, and one-line refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emotune import api
+from emotune.errors import ConfigError
+from emotune.tasks.classification import CLASSIFICATION
+from emotune.train.distill import Distillation
+
+from .conftest import tiny_config
+from .test_regression import write_regression_folder
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_soft_term_is_t_squared_kl_and_alpha_mixes_it_with_the_gold_loss():
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    T = 2.0
+    soft = CLASSIFICATION.soften([teacher], T)
+    p = torch.softmax(teacher / T, -1)
+    want = T**2 * (p * (p.log() - torch.log_softmax(student / T, -1))).sum(-1).mean()
+    assert CLASSIFICATION.distill(student, soft, T) == pytest.approx(float(want), rel=1e-5)
+    gold = torch.tensor([0, 1, 2, 0, 1])
+    hard = CLASSIFICATION.loss(student, gold)
+    rows = list(range(5))
+    mixed = Distillation(soft, torch.ones(5, dtype=torch.bool), 0.3, T).loss(CLASSIFICATION, student, gold, rows,
+                                                                            None, None)
+    assert mixed == pytest.approx(float(0.3 * hard + 0.7 * want), rel=1e-5)
+    # Rows without a gold label count in the soft term only.
+    only = Distillation(soft, torch.zeros(5, dtype=torch.bool), 0.3, T).loss(CLASSIFICATION, student, gold, rows,
+                                                                            None, None)
+    assert only == pytest.approx(float(0.7 * want), rel=1e-5)
+    # Several teachers: their softened probabilities averaged.
+    other = torch.randn(5, 3)
+    assert torch.allclose(CLASSIFICATION.soften([teacher, other], T),
+                          (p + torch.softmax(other / T, -1)) / 2)
+
+
+def test_a_student_learns_from_a_cached_teacher_and_records_it(tiny_model, toy_data, tmp_path, cache):
+    teacher = tmp_path / "teacher"
+    api.train(tiny_config(tiny_model, toy_data, "full", max_steps=10), teacher, progress=False)
+    cfg = tiny_config(tiny_model, toy_data, "lora", max_steps=6, teacher=[str(teacher)], distill_alpha=0.5)
+    first = api.train(cfg, tmp_path / "student", progress=False)["train"]
+    from emotune.runs import weights_sha256
+
+    assert first["teachers"] == [{"path": str(teacher.resolve()), "sha256": weights_sha256(teacher)}]
+    assert first["teacher_pass_s"] > 0 and len(list((cache / "teachers").glob("*.safetensors"))) == 1
+    again = api.train(cfg, tmp_path / "student2", progress=False)["train"]
+    assert again["teacher_pass_s"] == 0  # the same teacher on the same texts: read from the cache
+    unlabeled = tmp_path / "extra.txt"
+    unlabeled.write_text("i feel glad\nso scared tonight\n\nwhat a lovely day\n")
+    cfg.train.distill_unlabeled = str(unlabeled)
+    m = api.train(cfg, tmp_path / "student3", progress=False)["train"]
+    assert m["unlabeled_texts"] == 3 and m["teacher_pass_s"] > 0  # other texts: a new teacher pass
+
+
+def test_a_regression_student_and_an_ensemble_teacher(tiny_model, tmp_path, cache):
+    reg = write_regression_folder(tmp_path / "reg")
+
+    def config(seed: int, **train):
+        cfg = tiny_config(tiny_model, reg, "full", max_steps=8, seed=seed, **train)
+        cfg.data.name, cfg.data.target_columns = str(reg), ["V", "A"]
+        return cfg
+
+    members = []
+    for seed in (1, 2):
+        members.append(tmp_path / f"t{seed}")
+        api.train(config(seed), members[-1], progress=False)
+    ensemble = config(0)
+    ensemble.method = {"name": "ensemble", "members": [str(m) for m in members]}
+    api.train(ensemble, tmp_path / "ens", progress=False)
+    m = api.train(config(3, teacher=[str(tmp_path / "ens")]), tmp_path / "student", progress=False)
+    assert m["train"]["teachers"][0]["path"] == str((tmp_path / "ens").resolve())
+    assert "pearson" in m["validation"]
+
+
+def test_refusals_are_one_line(tiny_model, toy_data, tmp_path, cache):
+    teacher = tmp_path / "teacher"
+    api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4), teacher, progress=False)
+    reg = write_regression_folder(tmp_path / "reg")
+    cfg = tiny_config(tiny_model, reg, "full", max_steps=4, teacher=[str(teacher)])
+    cfg.data.name, cfg.data.target_columns = str(reg), ["V", "A"]
+    with pytest.raises(ConfigError, match="is a classification run; the student is a regression run"):
+        api.train(cfg, tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="augmented copies have no teacher outputs"):
+        bad = tiny_config(tiny_model, toy_data, "full", max_steps=4, teacher=[str(teacher)])
+        bad.data.augment = {"synonym": 0.1}
+        api.train(bad, tmp_path / "bad2", progress=False)
+    with pytest.raises(ConfigError, match="needs train.teacher"):
+        tiny_config(tiny_model, toy_data, "full", distill_unlabeled="x.txt").train.validate()
+    with pytest.raises(ConfigError, match="distill_alpha"):
+        tiny_config(tiny_model, toy_data, "full", distill_alpha=1.5).train.validate()
