@@ -98,3 +98,21 @@ def test_refusals_are_one_line(tiny_model, toy_data, tmp_path, cache):
         tiny_config(tiny_model, toy_data, "full", distill_unlabeled="x.txt").train.validate()
     with pytest.raises(ConfigError, match="distill_alpha"):
         tiny_config(tiny_model, toy_data, "full", distill_alpha=1.5).train.validate()
+
+
+def test_a_multitask_student_learns_each_task_from_a_multitask_teacher(tiny_model, toy_data, tmp_path, cache):
+    from .test_multitask import multitask_config
+
+    teacher = tmp_path / "teacher"
+    cfg = multitask_config(tiny_model, toy_data, tmp_path)
+    cfg.train.max_steps = 8
+    api.train(cfg, teacher, progress=False)
+    cfg.train.teacher = [str(teacher)]
+    m = api.train(cfg, tmp_path / "student", progress=False)
+    assert m["train"]["teachers"][0]["path"] == str(teacher.resolve()) and m["train"]["teacher_pass_s"] > 0
+    assert {"emotion", "vad"} <= set(m["validation"])
+    single = tmp_path / "single"
+    api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4), single, progress=False)
+    cfg.train.teacher = [str(single)]
+    with pytest.raises(ConfigError, match="single-task teacher cannot teach a multi-task student"):
+        api.train(cfg, tmp_path / "bad", progress=False)

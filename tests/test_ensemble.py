@@ -67,6 +67,8 @@ def test_ensemble_averages_member_probabilities(members, tmp_path):
     assert run.complete and run.config.method["name"] == "ensemble"
     assert run.config.method["members"] == [str(m.resolve()) for m in members]
     assert run.metrics["train"]["trainable_params"] == 0 and "test" in run.metrics
+    # the members' own calibrated probabilities (each fitted its temperature on validation), averaged
+    assert all(Run.open(m).task_state["calibration"]["temperature"] != 1.0 for m in members)
     expected = torch.stack([Predictor(m, precision="fp32").probabilities(TEXTS) for m in members]).mean(0)
     got = Predictor(out, precision="fp32").probabilities(TEXTS)
     assert torch.allclose(got, expected, atol=1e-5)

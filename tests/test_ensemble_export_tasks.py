@@ -210,7 +210,9 @@ def test_an_exported_multitask_run_reloads_with_every_heads_outputs(runs, tmp_pa
         start, stop = tasks[task]["columns"]
         return logits[:, start:stop]
 
-    probs = torch.softmax(cols("emotion"), -1)
+    # The exported logits are raw; the calibration fitted on validation travels in its config, as emotune applies it.
+    temperature = config["emotune"]["task_state"]["emotion"]["calibration"]["temperature"]
+    probs = torch.softmax(cols("emotion") / temperature, -1)
     assert torch.allclose(probs, torch.tensor([list(w["tasks"]["emotion"]["probabilities"].values()) for w in want]),
                           atol=1e-5)
     assert torch.allclose(cols("vad"), values([w["tasks"]["vad"] for w in want]), rtol=1e-5, atol=1e-5)

@@ -64,7 +64,14 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     if cfg.is_multitask:  # one shared encoder, a head per task, each task's own data
         from .train.multitask import train_multitask
 
-        return train_multitask(cfg, out, progress, on_step, on_evaluate)
+        teach = None
+        if cfg.train.teacher:  # each task's teacher targets: from the teachers' columns of that task
+            from .workflows.teacher import multitask_teacher_targets
+
+            def teach(texts, labels, task):
+                return multitask_teacher_targets(cfg.train.teacher, texts, labels, task,
+                                                 cfg.train.distill_temperature, progress)
+        return train_multitask(cfg, out, progress, on_step, on_evaluate, teach=teach)
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
     task = task_for(cfg)

@@ -253,10 +253,9 @@ def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = Tr
     if cfg.train.teacher:
         if not trains:
             raise ConfigError(f"train.teacher: method {method} does not train, so there is no student to teach")
-        if cfg.is_multitask:
-            raise ConfigError("train.teacher: distillation of multi-task runs is not supported yet; distil each "
-                              "task into its own run")
-        if cfg.data.augment:
+        if cfg.is_multitask and cfg.train.distill_unlabeled:
+            raise ConfigError("train.distill_unlabeled: unlabeled texts belong to no task of a multi-task run")
+        if cfg.data.augment or (cfg.is_multitask and any(t.data.augment for t in cfg.multitask.tasks)):
             raise ConfigError("train.teacher with data.augment: augmented copies have no teacher outputs; "
                               "use train.distill_unlabeled for extra texts")
 

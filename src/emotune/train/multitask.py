@@ -30,6 +30,7 @@ from ..models.vocab import WordTokenizer
 from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, TASK_STATE, VOCAB, Run, build_model, predictions_file
 from ..tasks import REGRESSION, MultiTask, flat_labels, target_statistics
 from .evaluate import predict_logits
+from .distill import Distillation
 from .loop import Trainer, TrainResult
 
 STAGES = "stages"
@@ -67,8 +68,10 @@ class MultiTaskTrainer(Trainer):
     """The Trainer over several tasks' data (``train``/``validation``: task name -> encoded split)."""
 
     def __init__(self, model, train: dict[str, Encoded], validation: dict[str, Encoded], task: MultiTask,
-                 cfg: RunConfig, out_dir: Path, augment: dict[str, Callable[[int], Encoded]] | None = None, **kw):
+                 cfg: RunConfig, out_dir: Path, augment: dict[str, Callable[[int], Encoded]] | None = None,
+                 distills: dict[str, Distillation] | None = None, **kw):
         self.task_augment, self.augmented = augment or {}, {}
+        self.distills = distills or {}  # train.teacher: per task, its training rows' teacher targets
         combined = Encoded([ids for enc in train.values() for ids in enc.ids],
                            [[name, label] for name, enc in train.items() for label in enc.labels])
         labels = flat_labels({p.name: p.labels for p in task.parts})
@@ -116,7 +119,11 @@ class MultiTaskTrainer(Trainer):
         name = idx.task  # type: ignore[attr-defined]
         part = self.task.part(name)
         kind = self.cfg.loss if self.cfg.loss in part.task.losses else None
-        loss = part.task.loss(logits[:, part.columns], targets, self.part_weights[name], kind)
+        if name in self.distills:
+            loss = self.distills[name].loss(part.task, logits[:, part.columns], targets, idx,
+                                            self.part_weights[name], kind)
+        else:
+            loss = part.task.loss(logits[:, part.columns], targets, self.part_weights[name], kind)
         log_vars = getattr(self.model.head, "log_vars", None)
         if log_vars is not None:
             s = log_vars[self.index[name]].float()
@@ -146,8 +153,9 @@ def check_collisions(cfg: RunConfig) -> None:
 
 
 def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: Callable[[int], bool] | None = None,
-                    on_evaluate: Callable[[int, dict], None] | None = None) -> dict:
-    """Train the multi-task run ``cfg`` (resolved) into ``out``; returns its metrics (keyed by task)."""
+                    on_evaluate: Callable[[int, dict], None] | None = None, teach: Callable | None = None) -> dict:
+    """Train the multi-task run ``cfg`` (resolved) into ``out``; returns its metrics (keyed by task).
+    ``teach(texts by task, labels, task)``: with ``train.teacher``, each task's teacher targets and the record."""
     from ..methods import lr_scales
 
     check_collisions(cfg)
@@ -174,6 +182,12 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     augment = {t.name: epoch_augmenter(data[t.name]["train"].texts, data[t.name]["train"].labels, tokenizer,
                                        t.data.max_length, t.data.augment, cfg.train.seed, enc["train"][t.name])
                for t in cfg.multitask.tasks if t.data.augment}
+    distills, teaching = {}, {}
+    if teach is not None:
+        soft, teaching = teach({n: list(d["train"].texts) for n, d in data.items()}, labels, task)
+        distills = {n: Distillation(s, torch.ones(len(s), dtype=torch.bool), cfg.train.distill_alpha,
+                                    cfg.train.distill_temperature) for n, s in soft.items()}
+        teaching.update(distill_alpha=cfg.train.distill_alpha, distill_temperature=cfg.train.distill_temperature)
     stages = cfg.multitask.stages or [[t.name for t in cfg.multitask.tasks]]
     total = cfg.train.max_steps or math.ceil(cfg.train.max_epochs * sum(
         math.ceil(len(e) / cfg.train.batch_size) for e in enc["train"].values()))
@@ -190,7 +204,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
                                    {n: enc["validation"][n] for n in active}, task, stage_cfg, folder, augment,
                                    lr=cfg.train.lr, warmup_ratio=cfg.train.warmup_ratio, pad_id=pad,
                                    progress=progress, on_step=on_step, on_evaluate=on_evaluate,
-                                   lr_scales=lr_scales(cfg.method, model))
+                                   lr_scales=lr_scales(cfg.method, model), distills=distills)
         if k:  # a stage starts from the previous stage's best weights (its own checkpoint, if any, wins in fit)
             trainer.masters.load_state_dict(load_tensors(out / STAGES / str(k) / BEST)[0])
         results.append(trainer.fit())  # a finished stage's checkpoint says so: resuming skips its training
@@ -221,7 +235,7 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
                                  state=(state or {}).get(p.name))
     metrics = Run.open(out).update_metrics(
         completed=True, data={n: {s: len(v) for s, v in d.splits.items()} for n, d in data.items()},
-        train={**summary, **lexicon_record(cfg.model.lexicon)}, validation=validation)
+        train={**summary, **lexicon_record(cfg.model.lexicon), **teaching}, validation=validation)
     trainer.finish()
     if len(stages) > 1:
         for k in range(len(stages) - 1):  # earlier stages' checkpoints: their stage is long finished

@@ -18,7 +18,9 @@ Which model class:
 
 Every task type exports; the model's logits are emotune's logits, and ``config.json`` says how to read them:
 
-- classification: ``problem_type`` single_label_classification; softmax gives the probabilities;
+- classification: ``problem_type`` single_label_classification; softmax gives the raw probabilities, and
+  softmax of the logits divided by the run's fitted temperature (``emotune.task_state.calibration``; vector
+  scaling: times ``weights`` plus ``biases``) the calibrated ones emotune answers;
 - multilabel: ``problem_type`` multi_label_classification; sigmoid gives each label's probability, and a
   label is predicted at or above its threshold (the run's task_state.json, kept under ``emotune.task_state``);
 - regression: ``problem_type`` regression; the logits are the predicted values on the targets' original

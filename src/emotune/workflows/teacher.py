@@ -29,13 +29,19 @@ CHUNK = 512  # texts per progress step of the teacher pass
 
 
 def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> list[Run]:
+    """The teacher runs, checked against the student: the same task type (multi-task: the same tasks, each of
+    the same type) and the same labels in the same order."""
     runs = []
+    student_parts = getattr(task, "parts", None)
     for p in paths:
         run = Run.open_finished(Path(p).expanduser(), "teacher")
-        if run.config.is_multitask:
-            raise ConfigError(f"{run.path}: a multi-task teacher cannot teach a single-task student")
-        if run.task.name != task.name:
-            raise ConfigError(f"{run.path} is a {run.task.name} run; the student is a {task.name} run")
+        if run.config.is_multitask != (student_parts is not None):
+            raise ConfigError(f"{run.path}: a {'multi' if run.config.is_multitask else 'single'}-task teacher "
+                              f"cannot teach a {'multi' if student_parts is not None else 'single'}-task student")
+        kinds = [(p.name, p.task.name) for p in getattr(run.task, "parts", [])]
+        if run.task.name != task.name or kinds != [(p.name, p.task.name) for p in student_parts or []]:
+            what = lambda t: ", ".join(f"{p.name}: {p.task.name}" for p in t.parts) if hasattr(t, "parts") else t.name  # noqa: E731
+            raise ConfigError(f"{run.path} is a {what(run.task)} run; the student is a {what(task)} run")
         if run.labels != label_names:
             raise ConfigError(f"{run.path}: labels {run.labels} differ from the student's {label_names} "
                               "(teachers must share the labels, in order)")
@@ -84,3 +90,20 @@ def teacher_targets(paths: Sequence[str], texts: Sequence[str], label_names: lis
     record = {"teachers": [{"path": str(r.path.resolve()), "sha256": weights_sha256(r.path)} for r in runs],
               "teacher_pass_s": round(seconds, 1)}
     return task.soften(logits, temperature), record
+
+
+def multitask_teacher_targets(paths: Sequence[str], texts: dict[str, list[str]], label_names: list[str], task,
+                              temperature: float, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """A multi-task student: per task, its training texts' targets from the teachers' columns of that task."""
+    runs = teacher_runs(paths, label_names, task)
+    soft, seconds = {}, 0.0
+    for part in task.parts:
+        logits = []
+        for run in runs:
+            got, s = teacher_logits(run, texts[part.name], progress)
+            logits.append(got[:, run.task.part(part.name).columns])
+            seconds += s
+        soft[part.name] = part.task.soften(logits, temperature)
+    record = {"teachers": [{"path": str(r.path.resolve()), "sha256": weights_sha256(r.path)} for r in runs],
+              "teacher_pass_s": round(seconds, 1)}
+    return soft, record
