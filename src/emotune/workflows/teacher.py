@@ -32,21 +32,25 @@ def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> li
     """The teacher runs, checked against the student: the same task type (multi-task: the same tasks, each of
     the same type) and the same labels in the same order."""
     runs = []
-    student_parts = getattr(task, "parts", None)
     for p in paths:
         run = Run.open_finished(Path(p).expanduser(), "teacher")
-        if run.config.is_multitask != (student_parts is not None):
-            raise ConfigError(f"{run.path}: a {'multi' if run.config.is_multitask else 'single'}-task teacher "
-                              f"cannot teach a {'multi' if student_parts is not None else 'single'}-task student")
-        kinds = [(p.name, p.task.name) for p in getattr(run.task, "parts", [])]
-        if run.task.name != task.name or kinds != [(p.name, p.task.name) for p in student_parts or []]:
-            what = lambda t: ", ".join(f"{p.name}: {p.task.name}" for p in t.parts) if hasattr(t, "parts") else t.name  # noqa: E731
-            raise ConfigError(f"{run.path} is a {what(run.task)} run; the student is a {what(task)} run")
+        multi = run.config.is_multitask
+        if multi != hasattr(task, "parts"):
+            raise ConfigError(f"{run.path}: a {'multi' if multi else 'single'}-task teacher cannot teach a "
+                              f"{'single' if multi else 'multi'}-task student")
+        if _kind(run.task) != _kind(task):
+            raise ConfigError(f"{run.path} is a {_kind(run.task)} run; the student is a {_kind(task)} run")
         if run.labels != label_names:
             raise ConfigError(f"{run.path}: labels {run.labels} differ from the student's {label_names} "
                               "(teachers must share the labels, in order)")
         runs.append(run)
     return runs
+
+
+def _kind(task: Task) -> str:
+    """A task type, or a multi-task run's tasks with theirs (``emotion: classification, vad: regression``)."""
+    parts = getattr(task, "parts", None)
+    return ", ".join(f"{p.name}: {p.task.name}" for p in parts) if parts is not None else task.name
 
 
 def fingerprint(run: Run, texts: Sequence[str]) -> str:
