@@ -23,6 +23,11 @@ TEXTS = ["i feel happy today", "i am so scared right now", "ok", "i feel loving 
          "what a surprise, i am amazed and stunned and shocked by all of this"]
 
 
+def raw_probabilities(run) -> torch.Tensor:
+    """The model's own softmax, before the run's calibration: what an exported or merged model computes."""
+    return torch.softmax(Predictor(run, precision="fp32").logits(TEXTS), -1)
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export-merge")
@@ -71,7 +76,7 @@ def test_pooler_runs_export_to_the_stock_class(runs, name, tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert config["id2label"] == {str(i): lab for i, lab in enumerate(EMOTIONS)}
     assert config["label2id"] == {lab: i for i, lab in enumerate(EMOTIONS)}
-    want = Predictor(runs[name], precision="fp32").probabilities(TEXTS)
+    want = raw_probabilities(runs[name])
     assert_same_predictions(hf_probabilities(out, TEXTS), want)  # plain from_pretrained, no custom code
 
 
@@ -107,7 +112,7 @@ def test_mean_and_cls_pooling_ship_emotune_class(runs, name, tmp_path):
     assert (out / "modeling_emotune.py").exists()
     with pytest.raises(ValueError, match="custom code"):  # never silently a stock class with another pooling
         AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=False)
-    want = Predictor(runs[name], precision="fp32").probabilities(TEXTS)
+    want = raw_probabilities(runs[name])
     assert_same_predictions(hf_probabilities(out, TEXTS, trust_remote_code=True), want)
 
 
@@ -180,8 +185,8 @@ def test_linear_merge_of_a_run_with_itself(runs, tmp_path):
     run = runs["lora-mean"]
     metrics = merge_runs([run, run], tmp_path / "quarter", how="linear", weights="0.25,0.25")
     assert metrics["completed"] and metrics["merged_from"]["weights"] == [0.25, 0.25]
-    want = Predictor(run, precision="fp32").probabilities(TEXTS)
-    assert_same_predictions(Predictor(tmp_path / "quarter", precision="fp32").probabilities(TEXTS), want)
+    want = raw_probabilities(run)
+    assert_same_predictions(raw_probabilities(tmp_path / "quarter"), want)
     merge_runs([run, run], tmp_path / "half", how="linear", weights=[0.5, 0.5], evaluate=False)
     original, doubled = updates(run), updates(tmp_path / "half")
     assert original.keys() == doubled.keys()
@@ -314,7 +319,7 @@ def test_minilm_pooler_run_exports_to_bert_for_sequence_classification(real_data
     r = export_merged(tmp_path / "run", tmp_path / "hf")
     assert r.model_class == "BertForSequenceClassification" and not r.trust_remote_code
     texts = load_data(cfg.data, cfg.train.seed)["validation"].texts
-    want = Predictor(tmp_path / "run", precision="fp32").probabilities(texts)
+    want = torch.softmax(Predictor(tmp_path / "run", precision="fp32").logits(texts), -1)  # before calibration
     assert_same_predictions(hf_probabilities(tmp_path / "hf", texts), want)
 
 

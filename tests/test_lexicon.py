@@ -92,7 +92,9 @@ def test_a_lexicon_run_trains_reloads_identically_and_is_saved(tiny_model, tmp_p
     model.eval()
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        expected = torch.softmax(model(batch["input_ids"], batch["attention_mask"]), -1)
+        # what emotune answers: the model's logits with the run's calibration
+        run = Run.open(tmp_path / "run")
+        expected = run.task.outputs(model(batch["input_ids"], batch["attention_mask"]), run.task_state)
         plain = model.head(torch.cat([model.dropout(_pooled(model, batch)), torch.zeros(len(TEXTS), 10)], -1))
     assert not torch.allclose(expected, torch.softmax(plain, -1))  # the features change the outputs
     for fast in (True, False):

@@ -1,7 +1,7 @@
 """Zero-shot by transfer: a run trained on another data set, its labels mapped onto the target's.
 
 ``source`` is a finished emotune run (e.g. an Emotion run) and ``label_map`` maps source labels to target
-labels (joy/love/surprise -> positive, sadness/anger/fear -> negative). The source's class probabilities are
+labels (joy/love/surprise -> positive, sadness/anger/fear -> negative). The source's (calibrated) class probabilities are
 computed as trained; source labels left out of the map are dropped and the rest renormalized; each target
 label's probability is the sum over its source labels, and the logits are their logs.
 
@@ -94,11 +94,13 @@ def map_matrix(source: list[str], target: list[str], opts: TransferOptions) -> t
 
 
 class TransferClassifier(nn.Module):
-    """source model -> class probabilities -> kept mass renormalized -> summed per target label -> log."""
+    """source model -> class probabilities (with the source run's calibration) -> kept mass renormalized ->
+    summed per target label -> log."""
 
-    def __init__(self, source: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+    def __init__(self, source: nn.Module, weight: torch.Tensor, bias: torch.Tensor, calibrate=None):
         super().__init__()
         self.encoder = source
+        self.calibrate = calibrate  # the source run's calibration (logits -> calibrated logits), if it fitted one
         self.head = nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
             self.head.weight.copy_(weight)
@@ -108,7 +110,8 @@ class TransferClassifier(nn.Module):
         logits = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         with torch.autocast(logits.device.type, enabled=False):
             w = self.head.weight.float()
-            probs = logits.float().softmax(-1) * (w.sum(0) > 0)  # drop the source labels left out of the map
+            logits = self.calibrate(logits.float()) if self.calibrate is not None else logits.float()
+            probs = logits.softmax(-1) * (w.sum(0) > 0)  # drop the source labels left out of the map
             probs = probs / probs.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
             return nn.functional.linear(probs, w, self.head.bias.float()).clamp(min=1e-30).log()
 
@@ -129,4 +132,6 @@ def build_transfer(cfg, opts: TransferOptions, labels: list[str], fit: bool = Tr
     weight, bias = map_matrix(run.labels, labels, opts)
     source, tokenizer = run.load_model()
     source = merge_adapter(source)  # inference only: a LoRA adapter folds into its base
-    return TransferClassifier(source, weight, bias), tokenizer
+    state = run.task_state
+    calibrate = (lambda logits: run.task.calibrate(logits, state)) if state else None
+    return TransferClassifier(source, weight, bias, calibrate), tokenizer
