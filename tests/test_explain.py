@@ -73,7 +73,7 @@ def test_regression_and_multitask_targets(tiny_model, toy_data, tmp_path):
     cfg.train.max_steps = 6
     api.train(cfg, out, progress=False)
     explainer = Explainer(out)
-    regression = [name for name in explainer.labels if explainer._kind(explainer.labels.index(name)) == "regression"]
+    regression = [name for name in explainer.labels if explainer._part(explainer.labels.index(name))[1] == "regression"]
     e = explainer.explain("i feel happy", target=regression[0])
     assert e.predicted == regression[0] and len(e.words) == 3
     default = explainer.explain("i feel happy")  # the first task's predicted class

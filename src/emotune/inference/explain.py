@@ -83,27 +83,24 @@ class Explainer:
         return self.run.task.outputs(self.model(input_ids=input_ids, attention_mask=attention_mask).float(),
                                      self.state)
 
-    def _group(self, column: int) -> list[int]:
-        """The columns of the target's task: a class competes with its own task's classes only."""
-        parts = getattr(self.run.task, "parts", None)
-        if parts is None:
-            return list(range(len(self.labels)))
-        cols = next(list(range(len(self.labels)))[p.columns] for p in parts
-                    if column in range(len(self.labels))[p.columns])
-        return cols
+    def _part(self, column: int) -> tuple[list[int], str]:
+        """The columns and task type of the task a column belongs to (a class competes with its own task's
+        classes only)."""
+        every = list(range(len(self.labels)))
+        for p in getattr(self.run.task, "parts", []):
+            if column in every[p.columns]:
+                return every[p.columns], p.task.name
+        return every, self.run.task.name
 
     def target_column(self, target: str | None, outputs: torch.Tensor) -> int:
-        """The column of a named target, else the predicted class (of the first task: multi-task runs)."""
+        """The column of a named target, else the predicted class (of the first task: multi-task runs; a
+        regression task's first target)."""
         if target is not None:
             if target not in self.labels:
                 raise DataError(f"unknown target {target!r}; this run's are: {', '.join(self.labels)}")
             return self.labels.index(target)
-        kind = getattr(self.run.task, "name", "")
-        parts = getattr(self.run.task, "parts", None)
-        if parts is not None:
-            first = list(range(len(self.labels)))[parts[0].columns]
-            return first[int(outputs[first].argmax())]
-        return int(outputs.argmax()) if kind != "regression" else 0
+        columns, kind = self._part(0)
+        return columns[0] if kind == "regression" else columns[int(outputs[columns].argmax())]
 
     # ---- attributions ---------------------------------------------------------------------------
     def encode(self, text: str) -> dict:
@@ -122,25 +119,18 @@ class Explainer:
         with torch.no_grad():
             out = self.outputs(ids, mask)[0]
         column = self.target_column(target, out)
-        group = self._group(column)
-        kind = self._kind(column)
+        group, kind = self._part(column)
         predicted = self.labels[group[int(out[group].argmax())]] if kind == "classification" else self.labels[column]
         scores, delta = self._attribute(ids, mask, column, method, steps)
         words = self._words(text, enc, scores)
         return Explanation(text, self.labels[column], predicted, float(out[column]), method, words, delta,
                            1000 * (time.perf_counter() - start))
 
-    def _kind(self, column: int) -> str:
-        parts = getattr(self.run.task, "parts", None)
-        if parts is None:
-            return self.run.task.name
-        return next(p.task.name for p in parts if column in range(len(self.labels))[p.columns])
-
     def _attribute(self, ids: torch.Tensor, mask: torch.Tensor, column: int, method: str,
                    steps: int) -> tuple[torch.Tensor, float | None]:
         from captum.attr import LayerIntegratedGradients
 
-        regression = self._kind(column) == "regression"
+        regression = self._part(column)[1] == "regression"
 
         def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).float()
