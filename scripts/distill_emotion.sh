@@ -37,3 +37,4 @@ run plain-minilm --method full --set model.pooling=pooler --epochs 3
 python "$HERE/benchmarks/explain_faithfulness.py" "$RUNS/student-minilm" --data-dir "$DATA" --texts 500 \
     --json "$RUNS/faithfulness.json" | tee "$RUNS/faithfulness.txt"
 emotune report "$RUNS" --data-dir "$DATA" --out "$RUNS/report"
+python "$HERE/benchmarks/distill_summary.py" "$RUNS" | tee "$RUNS/summary.md"

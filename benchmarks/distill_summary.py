@@ -1,0 +1,50 @@
+"""The table of scripts/distill_emotion.sh: teacher, distilled student and plain student side by side.
+
+    python benchmarks/distill_summary.py RUNS_DIR
+
+Prints, as Markdown, per run folder of RUNS_DIR that has test figures: validation and test accuracy, test
+weighted F1, test ECE / Brier / NLL after → before calibration, steps to best, training time and the teacher
+pass (from each run's metrics.json), and the faithfulness line of RUNS_DIR/faithfulness.txt when present.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cell(metrics: dict, name: str, pct: bool = False) -> str:
+    value = metrics.get(name)
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if pct else f"{value:.4f}"
+
+
+def main() -> None:
+    root = Path(sys.argv[1])
+    print("| run | params | val acc | test acc | test F1 (w) | test ECE % (before) | test Brier (before) | "
+          "test NLL (before) | steps to best | training min | teacher pass min |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()):
+        m = json.loads((folder / "metrics.json").read_text())
+        if "test" not in m:
+            continue
+        val, test, train = m.get("validation", {}), m["test"], m.get("train", {})
+
+        def pair(name: str, pct: bool = False) -> str:
+            after, before = cell(test, name, pct), cell(test, f"{name}_uncalibrated", pct)
+            return after if before == "-" else f"{after} ({before})"
+
+        print(f"| {folder.name} | {train.get('total_params', 0) / 1e6:.1f}M | {cell(val, 'accuracy', True)} | "
+              f"{cell(test, 'accuracy', True)} | {cell(test, 'f1_weighted', True)} | {pair('ece', True)} | "
+              f"{pair('brier')} | {pair('nll')} | {train.get('best_step', '-')} | "
+              f"{train.get('runtime_s', 0) / 60:.1f} | {train.get('teacher_pass_s', 0) / 60:.1f} |")
+    faith = root / "faithfulness.txt"
+    if faith.is_file():
+        print()
+        print(faith.read_text().strip())
+
+
+if __name__ == "__main__":
+    main()
