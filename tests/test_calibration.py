@@ -124,3 +124,25 @@ def test_the_server_abstains_on_request(tiny_model, toy_data, tmp_path):
         bad = client.post("/v1/predict", json={"texts": ["i feel happy"], "min_confidence": 2})
     assert sure.status_code == 200 and sure.json()["predictions"][0]["label"] == "uncertain"
     assert bad.status_code == 422
+
+
+def test_a_run_can_be_calibrated_again_and_its_stale_test_figures_go(tiny_model, toy_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from emotune.cli import app
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model, toy_data, "full", max_steps=8)
+    cfg.train.calibration = None
+    api.train(cfg, out, progress=False)
+    api.evaluate(out, "test")
+    r = CliRunner().invoke(app, ["calibrate", str(out), "--how", "vector"])
+    assert r.exit_code == 0 and "before: ECE" in r.output, r.output
+    state = json.loads((out / "task_state.json").read_text())
+    assert state["calibration"]["how"] == "vector"
+    run = api.Run.open(out)
+    assert run.config.train.calibration == "vector" and "test" not in run.metrics
+    assert "ece_uncalibrated" in run.metrics["validation"] and not (out / "predictions_test.csv").exists()
+    assert {"ece", "ece_uncalibrated"} <= set(api.evaluate(out, "test"))
+    api.recalibrate(out, None)
+    assert not (out / "task_state.json").exists() and api.Run.open(out).config.train.calibration is None

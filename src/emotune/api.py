@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import load_data
 from .data.encode import Encoded, encode
-from .inference.evaluate import evaluate
+from .inference.evaluate import evaluate, recalibrate
 from .inference.predictor import Predictor
 from .io import write_json, write_text
 from .models.lexicon import lexicon_record
@@ -174,4 +174,4 @@ def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] |
     return rows
 
 
-__all__ = ["Predictor", "evaluate", "explain", "list_runs", "predict", "resolve_config", "train"]
+__all__ = ["Predictor", "evaluate", "explain", "recalibrate", "list_runs", "predict", "resolve_config", "train"]

@@ -368,6 +368,25 @@ def predict(
 
 @app.command()
 @friendly
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="A finished classification run folder."),
+    how: str = typer.Option("temperature", help="temperature (predictions unchanged), vector (a weight and bias "
+                                                "per class) or none (drop the calibration)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root (default: the run's)."),
+):
+    """Fit the run's calibration again on its validation split (e.g. a run trained without one); its test
+    figures are removed: evaluate the test split again."""
+    from . import api
+
+    metrics = api.recalibrate(run_dir, None if how == "none" else how, data_dir=data_dir)
+    before = {k: metrics.get(f"{k}_uncalibrated") for k in ("ece", "brier", "nll")}
+    out.print(f"{escape(str(run_dir))}: validation ECE {100 * metrics['ece']:.2f}%, Brier {metrics['brier']:.4f}, "
+              f"NLL {metrics['nll']:.4f}" + (f" (before: ECE {100 * before['ece']:.2f}%, Brier {before['brier']:.4f}, "
+                                             f"NLL {before['nll']:.4f})" if before["ece"] is not None else ""))
+
+
+@app.command()
+@friendly
 def explain(
     run_dir: Path = typer.Argument(..., help="A finished run folder (a pretrained-encoder run)."),
     text: str = typer.Argument(..., help="The text to explain."),

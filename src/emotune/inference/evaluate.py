@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..data import load_data
 from ..data.encode import Encoded, encode
-from ..errors import DataError
-from ..runs import Run, predictions_file, run_lock
+from ..errors import ConfigError, DataError
+from ..io import write_json, write_text
+from ..runs import CONFIG, METRICS, TASK_STATE, Run, predictions_file, run_lock
 from ..train.evaluate import evaluate_model, predict_logits
 from .predictor import Predictor
 
@@ -75,4 +76,43 @@ def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str |
     if missing:
         metrics["missing"] = missing  # the score is the mean over the tasks evaluated
     run.update_metrics(**{split: metrics})
+    return metrics
+
+
+def recalibrate(run_dir: str | Path, how: str | None, *, data_dir: str | None = None,
+                precision: str | None = None) -> dict:
+    """Fit a finished classification run's calibration again on its validation split (``how``: temperature,
+    vector, or None to drop it), e.g. for a run trained without one. The run's config, task state, validation
+    figures and predictions follow; its test figures, made with the old calibration, are removed (evaluate
+    the test split again). Returns the new validation metrics."""
+    run = Run.open_finished(run_dir)
+    if run.config.is_multitask or run.task.name != "classification":
+        raise ConfigError(f"{run.path}: calibrate applies to single-task classification runs (this is a "
+                          f"{'multi-task' if run.config.is_multitask else run.task.name} run)")
+    cfg = run.config
+    cfg.train.calibration = how
+    cfg.train.validate()
+    with run_lock(run.path, "emotune calibrate"):
+        if data_dir:
+            cfg.data.data_dir = data_dir
+        part = load_data(cfg.data, cfg.train.seed)["validation"]
+        predictor = Predictor(run, precision=precision, batch_size=cfg.train.eval_batch_size)
+        enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
+        _, logits = evaluate_model(predictor.model, enc, run.labels, predictor.batch_size, predictor.device,
+                                   predictor.pad_id, predictor.dtype, run.task)
+        state = {k: v for k, v in (run.task_state or {}).items() if k != "calibration"}
+        state.update(run.task.fit_state(logits, part.labels, run.labels, calibration=how) or {})
+        if state:
+            write_json(run.path / TASK_STATE, state)
+        else:
+            (run.path / TASK_STATE).unlink(missing_ok=True)
+        write_text(run.path / CONFIG, Run.open(run.path).config.with_values({"train.calibration": how}).to_yaml())
+        metrics = run.task.metrics(logits, part.labels, run.labels, state=state or None)
+        metrics["precision"] = predictor.precision
+        run.task.write_predictions(run.path / predictions_file("validation"), part.texts, part.labels, logits,
+                                   run.labels, state=state or None)
+        everything = run.metrics
+        everything.pop("test", None)
+        (run.path / predictions_file("test")).unlink(missing_ok=True)
+        write_json(run.path / METRICS, {**everything, "validation": metrics})
     return metrics
