@@ -701,7 +701,8 @@ def serve(
                                      "and ::1 on loopback; any host when bound to 0.0.0.0."),
     log_level: str = typer.Option("warning", help="uvicorn log level (info logs every request)."),
 ):
-    """Serve runs over HTTP: POST /v1/predict, POST /v1/explain, GET /v1/models, /health, /metrics, /docs and a web page at /."""
+    """Serve runs over HTTP: POST /v1/predict, POST /v1/explain, GET /v1/models, /health, /metrics, /docs and a
+    web page at /."""
     from .serve.cli import serve as run_server
 
     run_server(run_dirs, host=host, port=port, precision=precision, threads=threads, workers=workers,
