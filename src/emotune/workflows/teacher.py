@@ -28,9 +28,10 @@ from ..tasks import Task
 CHUNK = 512  # texts per progress step of the teacher pass
 
 
-def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> list[Run]:
-    """The teacher runs, checked against the student: the same task type (multi-task: the same tasks, each of
-    the same type) and the same labels in the same order."""
+def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> list[tuple[Run, str | None]]:
+    """The teacher runs with their weights hashes (read once: a big teacher's file takes seconds), checked
+    against the student: the same task type (multi-task: the same tasks, each of the same type) and the same
+    labels in the same order."""
     runs = []
     for p in paths:
         run = Run.open_finished(Path(p).expanduser(), "teacher")
@@ -43,7 +44,7 @@ def teacher_runs(paths: Sequence[str], label_names: list[str], task: Task) -> li
         if run.labels != label_names:
             raise ConfigError(f"{run.path}: labels {run.labels} differ from the student's {label_names} "
                               "(teachers must share the labels, in order)")
-        runs.append(run)
+        runs.append((run, weights_sha256(run.path)))
     return runs
 
 
@@ -53,17 +54,19 @@ def _kind(task: Task) -> str:
     return ", ".join(f"{p.name}: {p.task.name}" for p in parts) if parts is not None else task.name
 
 
-def fingerprint(run: Run, texts: Sequence[str]) -> str:
+def fingerprint(run: Run, sha: str | None, texts: Sequence[str]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([weights_sha256(run.path), run.config.to_yaml(), run.labels]).encode())
+    h.update(json.dumps([sha, run.config.to_yaml(), run.labels]).encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()[:32]
 
 
-def teacher_logits(run: Run, texts: Sequence[str], progress: bool = True) -> tuple[torch.Tensor, float]:
-    """(the teacher's logits on ``texts``, seconds spent computing them: 0 when cached)."""
-    path = cache_dir() / "teachers" / f"{fingerprint(run, texts)}.safetensors"
+def teacher_logits(run: Run, sha: str | None, texts: Sequence[str],
+                   progress: bool = True) -> tuple[torch.Tensor, float]:
+    """(the teacher's logits on ``texts``, seconds spent computing them: 0 when cached); ``sha``: its weights
+    hash."""
+    path = cache_dir() / "teachers" / f"{fingerprint(run, sha, texts)}.safetensors"
     if path.is_file():
         logits = load_tensors(path)[0]["logits"]
         if logits.shape[0] == len(texts):
@@ -85,29 +88,31 @@ def teacher_targets(paths: Sequence[str], texts: Sequence[str], label_names: lis
                     temperature: float, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Each text's distillation target (the teachers' softened probabilities or values, averaged) and what the
     student records of its teachers."""
-    runs = teacher_runs(paths, label_names, task)
+    teachers = teacher_runs(paths, label_names, task)
     logits, seconds = [], 0.0
-    for run in runs:
-        got, s = teacher_logits(run, texts, progress)
+    for run, sha in teachers:
+        got, s = teacher_logits(run, sha, texts, progress)
         logits.append(got)
         seconds += s
-    record = {"teachers": [{"path": str(r.path.resolve()), "sha256": weights_sha256(r.path)} for r in runs],
-              "teacher_pass_s": round(seconds, 1)}
-    return task.soften(logits, temperature), record
+    return task.soften(logits, temperature), _record(teachers, seconds)
 
 
 def multitask_teacher_targets(paths: Sequence[str], texts: dict[str, list[str]], label_names: list[str], task,
                               temperature: float, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """A multi-task student: per task, its training texts' targets from the teachers' columns of that task."""
-    runs = teacher_runs(paths, label_names, task)
+    teachers = teacher_runs(paths, label_names, task)
     soft, seconds = {}, 0.0
     for part in task.parts:
         logits = []
-        for run in runs:
-            got, s = teacher_logits(run, texts[part.name], progress)
+        for run, sha in teachers:
+            got, s = teacher_logits(run, sha, texts[part.name], progress)
             logits.append(got[:, run.task.part(part.name).columns])
             seconds += s
         soft[part.name] = part.task.soften(logits, temperature)
-    record = {"teachers": [{"path": str(r.path.resolve()), "sha256": weights_sha256(r.path)} for r in runs],
-              "teacher_pass_s": round(seconds, 1)}
-    return soft, record
+    return soft, _record(teachers, seconds)
+
+
+def _record(teachers: list[tuple[Run, str | None]], seconds: float) -> dict:
+    """What the student's metrics.json keeps of its teachers."""
+    return {"teachers": [{"path": str(run.path.resolve()), "sha256": sha} for run, sha in teachers],
+            "teacher_pass_s": round(seconds, 1)}
