@@ -25,6 +25,20 @@ def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None =
 def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
     if run.config.is_multitask:
         return _evaluate_tasks(run, split, data_dir, precision)
+    part, predictor, metrics, logits = _split_logits(run, split, data_dir, precision)
+    state = run.task_state  # multilabel: the thresholds chosen on validation after training
+    if state is not None:
+        metrics = run.task.metrics(logits, part.labels, run.labels, state=state)
+    metrics["precision"] = predictor.precision  # the inference mode these figures come from
+    run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels,
+                               state=state)
+    run.update_metrics(**{split: metrics})
+    return metrics
+
+
+def _split_logits(run: Run, split: str, data_dir: str | None, precision: str | None):
+    """A single-task run on a split of its data, through its own inference path: (the split, the predictor, the
+    metrics without the task state, the logits)."""
     data_cfg = run.config.data
     if data_dir:
         data_cfg.data_dir = data_dir
@@ -36,14 +50,7 @@ def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None)
     enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
     metrics, logits = evaluate_model(predictor.model, enc, run.labels, predictor.batch_size, predictor.device,
                                      predictor.pad_id, predictor.dtype, run.task)
-    state = run.task_state  # multilabel: the thresholds chosen on validation after training
-    if state is not None:
-        metrics = run.task.metrics(logits, part.labels, run.labels, state=state)
-    metrics["precision"] = predictor.precision  # the inference mode these figures come from
-    run.task.write_predictions(run.path / predictions_file(split), part.texts, part.labels, logits, run.labels,
-                               state=state)
-    run.update_metrics(**{split: metrics})
-    return metrics
+    return part, predictor, metrics, logits
 
 
 def _evaluate_tasks(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
@@ -89,17 +96,10 @@ def recalibrate(run_dir: str | Path, how: str | None, *, data_dir: str | None = 
     if run.config.is_multitask or run.task.name != "classification":
         raise ConfigError(f"{run.path}: calibrate applies to single-task classification runs (this is a "
                           f"{'multi-task' if run.config.is_multitask else run.task.name} run)")
-    cfg = run.config
-    cfg.train.calibration = how
-    cfg.train.validate()
+    run.config.train.calibration = how
+    run.config.train.validate()
     with run_lock(run.path, "emotune calibrate"):
-        if data_dir:
-            cfg.data.data_dir = data_dir
-        part = load_data(cfg.data, cfg.train.seed)["validation"]
-        predictor = Predictor(run, precision=precision, batch_size=cfg.train.eval_batch_size)
-        enc = Encoded(encode(predictor.tokenizer, part.texts, predictor.max_length), part.labels)
-        _, logits = evaluate_model(predictor.model, enc, run.labels, predictor.batch_size, predictor.device,
-                                   predictor.pad_id, predictor.dtype, run.task)
+        part, predictor, _, logits = _split_logits(run, "validation", data_dir, precision)
         state = {k: v for k, v in (run.task_state or {}).items() if k != "calibration"}
         state.update(run.task.fit_state(logits, part.labels, run.labels, calibration=how) or {})
         if state:
