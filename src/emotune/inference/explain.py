@@ -181,22 +181,19 @@ class Explainer:
                 for _, w in sorted(words.items())]
 
     # ---- faithfulness ---------------------------------------------------------------------------
-    def deletion_drop(self, text: str, words: Sequence[dict], remove: Sequence[int], column: int) -> float:
-        """How much the target's output falls when the words at ``remove`` (indices into ``words``) are deleted."""
+    def deletion_drop(self, e: Explanation, remove: Sequence[int]) -> float:
+        """How much the explained output (``e.value``, on the whole text) falls when the words at ``remove``
+        (indices into ``e.words``) are deleted."""
         keep, last = [], 0
         for i in sorted(remove):
-            keep.append(text[last:words[i]["start"]])
-            last = words[i]["end"]
-        keep.append(text[last:])
+            keep.append(e.text[last:e.words[i]["start"]])
+            last = e.words[i]["end"]
+        keep.append(e.text[last:])
         shorter = " ".join("".join(keep).split()) or self.tokenizer.pad_token or ""
+        enc = self.encode(shorter)
         with torch.no_grad():
-            before = self.outputs(**_ids(self.encode(text)))[0, column]
-            after = self.outputs(**_ids(self.encode(shorter)))[0, column]
-        return float(before - after)
-
-
-def _ids(enc) -> dict:
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            after = self.outputs(enc["input_ids"], enc["attention_mask"])[0, self.labels.index(e.target)]
+        return e.value - float(after)
 
 
 def faithfulness(explainer: Explainer, texts: Sequence[str], k: int = 3, method: str = "ig", steps: int = 20,
@@ -213,11 +210,10 @@ def faithfulness(explainer: Explainer, texts: Sequence[str], k: int = 3, method:
         if len(e.words) <= k:
             continue
         times.append(e.ms)
-        column = explainer.labels.index(e.target)
         top = sorted(range(len(e.words)), key=lambda i: -e.words[i]["score"])[:k]
         other = rng.sample(range(len(e.words)), k)
-        a = explainer.deletion_drop(text, e.words, top, column)
-        b = explainer.deletion_drop(text, e.words, other, column)
+        a = explainer.deletion_drop(e, top)
+        b = explainer.deletion_drop(e, other)
         wins += a > b
         top_drops.append(a)
         random_drops.append(b)
