@@ -1,4 +1,4 @@
-"""The table of scripts/distill_emotion.sh: teacher, distilled student and plain student side by side.
+"""The table of scripts/distill.sh: teacher, distilled student and plain student side by side.
 
     python benchmarks/distill_summary.py RUNS_DIR
 
