@@ -85,6 +85,12 @@ class Browser:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {expression}")
 
+    def open_page(self, url: str) -> None:
+        """Load emotune's page and wait until it has loaded its model list."""
+        self.send("Page.enable")
+        self.send("Page.navigate", url=url)
+        self.wait_for("document.body && document.body.dataset.ready === '1'")
+
     def click(self, selector: str) -> None:
         box = self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
                         " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
@@ -136,9 +142,7 @@ def server(tiny_model, tmp_path_factory):
 def test_page_classifies_lines_and_switches_models(server, tmp_path):
     browser = Browser(tmp_path / "profile")
     try:
-        browser.send("Page.enable")
-        browser.send("Page.navigate", url=server.url + "/")
-        browser.wait_for("document.body && document.body.dataset.ready === '1'")
+        browser.open_page(server.url + "/")
         assert browser.eval("[...document.querySelectorAll('#model option')].map(o => o.value)") == ["emo", "senti"]
         assert "lora on tiny-bert" in browser.eval("document.getElementById('model-info').textContent")
 
@@ -236,9 +240,7 @@ def test_page_shows_a_section_per_task_with_value_gauges(tiny_model, toy_data, t
 def test_page_highlights_the_words_of_an_explanation(server, tmp_path):
     browser = Browser(tmp_path / "profile")
     try:
-        browser.send("Page.enable")
-        browser.send("Page.navigate", url=server.url + "/")
-        browser.wait_for("document.body && document.body.dataset.ready === '1'")
+        browser.open_page(server.url + "/")
         browser.type("#texts", ["i feel happy today"])
         browser.click("#go")
         browser.wait_for("document.querySelectorAll('.result .why').length === 1")
