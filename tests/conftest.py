@@ -88,3 +88,28 @@ def tiny_config(model: str, data_dir: Path, method: str = "lora", **train) -> Ru
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
+
+
+# ---- a tiny causal LM -----------------------------------------------------------------------
+CHAT = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer Llama with random weights and the MiniLM tokenizer (plus a small chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from emotune.models import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    tok.chat_template = CHAT
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, initializer_range=0.2)  # peaked attention: positions matter
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

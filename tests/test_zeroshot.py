@@ -22,7 +22,7 @@ from emotune.errors import ConfigError
 from emotune.inference.predictor import Predictor
 from emotune.runs import Run
 
-from .conftest import EMOTIONS, tiny_config
+from .conftest import CHAT, EMOTIONS, tiny_config
 
 POLARITY = {"joy": "positive", "love": "positive", "surprise": "positive",
             "sadness": "negative", "anger": "negative", "fear": "negative"}
@@ -263,29 +263,6 @@ def test_transfer_cli_map_and_missing_source(source_run, tmp_path):
 
 
 # ---- llm --------------------------------------------------------------------------------------
-CHAT = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<assistant> {% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> str:
-    """A 2-layer Llama with random weights and the MiniLM tokenizer (plus a small chat template)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from emotune.models import resolve_model_path
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    tok.chat_template = CHAT
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, initializer_range=0.2)  # peaked attention: positions matter
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
 def llm(tiny_llama: str, labels=("negative", "positive"), **options):
     from emotune.zeroshot import build_zero_shot
 
@@ -384,42 +361,42 @@ def test_llm_calibration_stays_finite_when_a_label_probability_underflows(tiny_l
 
 
 def test_gguf_cache_key_follows_the_content_not_the_name(tmp_path, monkeypatch):
-    from emotune.zeroshot import llm as llm_mod
+    from emotune.models import causal as causal_mod
 
     monkeypatch.setenv("EMOTUNE_CACHE_DIR", str(tmp_path / "cache"))
     a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
     for path, content in ((a, b"GGUF" + b"1" * 3000), (b, b"GGUF" + b"2" * 3000)):
         path.parent.mkdir()
         path.write_bytes(content)
-    ka, kb = llm_mod.gguf_cache_key(a), llm_mod.gguf_cache_key(b)
+    ka, kb = causal_mod.gguf_cache_key(a), causal_mod.gguf_cache_key(b)
     assert ka != kb and ka.startswith("model-") and kb.startswith("model-")
     same = tmp_path / "c" / "model.gguf"
     same.parent.mkdir()
     same.write_bytes(a.read_bytes())
-    assert llm_mod.gguf_cache_key(same) == ka  # the same content, wherever it lies, shares one conversion
+    assert causal_mod.gguf_cache_key(same) == ka  # the same content, wherever it lies, shares one conversion
     # the hash is computed once per size and modification time: a cached entry is trusted until they change
-    index = json.loads((tmp_path / "cache" / "models" / llm_mod.GGUF_INDEX).read_text())
+    index = json.loads((tmp_path / "cache" / "models" / causal_mod.GGUF_INDEX).read_text())
     assert {str(p.resolve()) for p in (a, b, same)} <= set(index)
     calls = []
-    real = llm_mod._sha256_of
-    monkeypatch.setattr(llm_mod, "_sha256_of", lambda path: calls.append(path) or real(path))
-    assert llm_mod.gguf_cache_key(a) == ka and not calls
+    real = causal_mod._sha256_of
+    monkeypatch.setattr(causal_mod, "_sha256_of", lambda path: calls.append(path) or real(path))
+    assert causal_mod.gguf_cache_key(a) == ka and not calls
     a.write_bytes(b"GGUF" + b"3" * 3001)  # replaced in place: new size and time, so hashed again, a new key
-    assert llm_mod.gguf_cache_key(a) not in (ka, kb) and calls
+    assert causal_mod.gguf_cache_key(a) not in (ka, kb) and calls
 
 
 def test_a_gguf_file_loads_its_own_conversion(tmp_path, monkeypatch):
-    from emotune.zeroshot import llm as llm_mod
+    from emotune.models import causal as causal_mod
 
     monkeypatch.setenv("EMOTUNE_CACHE_DIR", str(tmp_path / "cache"))
     targets = []
-    monkeypatch.setattr(llm_mod, "_convert_gguf", lambda path, target: targets.append(target) or
+    monkeypatch.setattr(causal_mod, "_convert_gguf", lambda path, target: targets.append(target) or
                         (torch.nn.Linear(1, 1), None))
     for sub, content in (("x", b"one"), ("y", b"two")):
         f = tmp_path / sub / "tiny.gguf"
         f.parent.mkdir()
         f.write_bytes(content)
-        llm_mod.load_causal_lm(str(f))
+        causal_mod.load_causal_lm(str(f))
     assert len(targets) == 2 and targets[0] != targets[1]
     assert all(t.parent == tmp_path / "cache" / "models" and t.name.startswith("tiny-") for t in targets)
 
@@ -427,7 +404,7 @@ def test_a_gguf_file_loads_its_own_conversion(tmp_path, monkeypatch):
 def test_a_causal_lm_with_pickled_weights_only_is_refused(tiny_llama, tmp_path):
     import shutil
 
-    from emotune.zeroshot.llm import load_causal_lm
+    from emotune.models.causal import load_causal_lm
 
     folder = tmp_path / "pickled-llama"
     shutil.copytree(tiny_llama, folder)
