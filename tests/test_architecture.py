@@ -109,7 +109,8 @@ def test_serve_is_imported_only_by_itself_and_the_command_line():
 
 
 def test_the_training_loop_is_imported_only_by_what_trains():
-    trainers = {"emotune.api", "emotune.train.multitask"}  # api.train (multi-task runs through train.multitask)
+    trainers = {"emotune.api", "emotune.train.multitask", "emotune.train.instruct"}  # api.train and its multi-task
+    # and instruction-tuning paths
     users = {m for m, targets in imports().items() if "emotune.train.loop" in targets}
     assert users <= trainers, users
 

@@ -72,6 +72,10 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
                 return multitask_teacher_targets(cfg.train.teacher, texts, labels, task,
                                                  cfg.train.distill_temperature, progress)
         return train_multitask(cfg, out, progress, on_step, on_evaluate, teach=teach)
+    if cfg.data.task == "instruct":  # a causal LM tuned on an instruction folder
+        from .train.instruct import train_instruct
+
+        return train_instruct(cfg, out, progress, on_step, on_evaluate)
     data = load_data(cfg.data, cfg.train.seed)
     train_split, val_split = data["train"], data["validation"]
     task = task_for(cfg)

@@ -133,7 +133,8 @@ def train(
     label_column: Optional[str] = typer.Option(None, help="Label column of CSV/TSV/JSONL/hub data."),
     task: Optional[str] = typer.Option(None, help="classification, multilabel or regression (default: what the "
                                                   "data set declares; multilabel with --label-delimiter or "
-                                                  "--label-columns; regression with --target-columns)."),
+                                                  "--label-columns; regression with --target-columns; instruct "
+                                                  "for an instruction folder)."),
     target_columns: Optional[str] = typer.Option(None, help="Regression: numeric target columns of CSV/TSV/JSONL "
                                                             "data, comma-separated (e.g. V,A,D)."),
     label_delimiter: Optional[str] = typer.Option(None, help="Multi-label: the label column holds several labels "
@@ -193,6 +194,38 @@ def train(
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
     print_metrics(metrics, f"{out_dir}")
+
+
+@app.command("instruct-data")
+@friendly
+def instruct_data(
+    config: Path = typer.Argument(..., help="A multi-task run config whose tasks are the sources "
+                                            "(experiments/instruct.yaml)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write train/validation/test.jsonl and "
+                                                          "tasks.json into."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root holding emotion/, mr/... "
+                                                      "(default: $EMOTUNE_DATA_DIR, else the hub)"),
+    per_task: Optional[int] = typer.Option(None, help="At most N training texts per task (a seeded sample)."),
+    per_task_eval: Optional[int] = typer.Option(None, help="At most N validation and N test texts per task."),
+    seed: int = typer.Option(42, help="Seed of the samples and of the template each example gets."),
+):
+    """Build instruction data (instruction, input, output) from a multi-task config's tasks, for
+    `emotune train FOLDER --model smollm2`."""
+    from .config import RunConfig
+    from .data.instruct import instruction_rows, write_instructions
+
+    cfg = RunConfig.from_yaml(config)
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    rows, tasks = instruction_rows(cfg, per_task, per_task_eval, seed)
+    write_instructions(rows, tasks, out_dir)
+    table = Table(title=escape(str(out_dir)))
+    for col in ("task", "type", "train", "validation", "test"):
+        table.add_column(col, justify="left" if col in ("task", "type") else "right")
+    for name, desc in tasks.items():
+        table.add_row(escape(name), desc["type"], *[str(sum(r["task"] == name for r in rows[s]))
+                                                    for s in ("train", "validation", "test")])
+    out.print(table)
 
 
 @app.command()

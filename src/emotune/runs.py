@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from .config import RunConfig
+from .data.base import resolve_task
 from .errors import ConfigError, EmotuneError, RunError
 from .io import fsync_dir, load_tensors, read_json, read_jsonl, remove_stale_tmp, write_json, write_text
 from .tasks import SCORE, MultiHead, flat_labels, task_for
@@ -39,6 +40,7 @@ LOCK = ".lock"
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "model.safetensors"
 HISTORY = "history.jsonl"  # one line per evaluation, appended
+PROMPT_METHODS = ("prefix", "prompt")  # virtual tokens through PEFT's model forward
 LEGACY_HISTORY = "history.json"  # run folders written before history.jsonl: one JSON list
 
 
@@ -230,6 +232,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         if data is not resolved.data:  # a task's data: its own data_dir, else the run's (--data-dir)
             data.data_dir = str(Path(data.data_dir).expanduser().resolve()) if data.data_dir \
                 else resolved.data.data_dir
+    if resolved.data.task == "instruct":  # absolute, so `evaluate` finds the folder from anywhere
+        resolved.data.name = str(Path(resolved.data.name).expanduser().resolve())
     if resolved.is_multitask:
         resolved.train.metric = SCORE  # the mean of the tasks' own selection metrics
         return resolved
@@ -258,21 +262,6 @@ def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = Tr
         if cfg.data.augment or (cfg.is_multitask and any(t.data.augment for t in cfg.multitask.tasks)):
             raise ConfigError("train.teacher with data.augment: augmented copies have no teacher outputs; "
                               "use train.distill_unlabeled for extra texts")
-
-
-def resolve_task(data) -> None:
-    """Fill ``data.task`` when unset: what the named data set declares, multilabel with label columns or a label
-    delimiter, regression with target columns, else classification. A named data set whose labels are not
-    single classes trains only as what it declares (goemotions: multilabel)."""
-    from .data import DATASET_TASKS
-
-    declared = DATASET_TASKS.get(data.name)
-    if data.task is None:
-        data.task = declared or ("multilabel" if data.label_columns or data.label_delimiter else
-                                 "regression" if data.target_columns else "classification")
-    elif declared and data.task != declared:
-        raise ConfigError(f"data set {data.name!r} is a {declared} data set; data.task={data.task} cannot train "
-                          "on it")
 
 
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,
@@ -316,6 +305,15 @@ def _build_model(cfg: RunConfig, num_labels: int, texts: list[str] | None, run_d
     if method.build is not None:  # nothing trains: built from the config and the run's label names
         labels = read_json(run_dir / LABELS) if run_dir else []  # without them: a clear error
         return (*method.build(cfg, labels, fit=False), method)  # its kept tensors: model.safetensors
+    if task.name == "instruct":  # a causal LM answering instructions (emotune.train.instruct)
+        from .models.causal import build_instruct
+
+        if method.name in PROMPT_METHODS:
+            raise ConfigError(f"method {method.name} goes through PEFT's own model forward; instruction-tuned "
+                              "decoders take full fine-tuning or a method that adapts layers (lora, dora, ...)")
+        model, tokenizer = build_instruct(cfg.model)
+        model, method, _ = apply_method(model, cfg.method)
+        return model, tokenizer, method
     if is_classic(cfg.model.name):
         model, tokenizer = build_classic(cfg, num_labels, texts=texts, task=task,
                                          vocab_file=run_dir / VOCAB if run_dir else None)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
 
 SPLITS = ("train", "validation", "test")
@@ -210,3 +210,22 @@ def label_id(label: str, names: list[str], path: Path, line: int, split: str | N
                             f"split (training labels: {', '.join(names)}), so no model can learn it; remove those "
                             "examples or add training examples", path, line) from None
         raise DataError(f"unknown label {label!r} (known: {', '.join(names)})", path, line) from None
+
+
+def resolve_task(data) -> None:
+    """Fill ``data.task`` when unset: what the named data set declares, multilabel with label columns or a label
+    delimiter, regression with target columns, else classification. A named data set whose labels are not
+    single classes trains only as what it declares (goemotions: multilabel). An instruction folder (``emotune
+    instruct-data``) is instruction tuning, ``instruct``, and nothing else is."""
+    from .instruct import is_instruction_folder
+
+    declared = DATASET_TASKS.get(data.name) or ("instruct" if is_instruction_folder(data.name) else None)
+    if data.task == "instruct" and declared != "instruct":
+        raise ConfigError(f"data.task=instruct trains on an instruction folder (`emotune instruct-data`); "
+                          f"{data.name!r} is not one")
+    if data.task is None:
+        data.task = declared or ("multilabel" if data.label_columns or data.label_delimiter else
+                                 "regression" if data.target_columns else "classification")
+    elif declared and data.task != declared:
+        raise ConfigError(f"data set {data.name!r} is a {declared} data set; data.task={data.task} cannot train "
+                          "on it")

@@ -25,6 +25,12 @@ def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None =
 def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
     if run.config.is_multitask:
         return _evaluate_tasks(run, split, data_dir, precision)
+    if run.config.data.task == "instruct":  # every task's answers, scored (emotune.train.instruct)
+        from ..train.instruct import evaluate_instruct
+
+        metrics = evaluate_instruct(run, split)
+        run.update_metrics(**{split: metrics})
+        return metrics
     part, predictor, metrics, logits = _split_logits(run, split, data_dir, precision)
     state = run.task_state  # multilabel: the thresholds chosen on validation after training
     if state is not None:

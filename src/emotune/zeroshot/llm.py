@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.causal import load_causal_lm
+from ..models.causal import CACHE_KW, crop_cache, load_causal_lm
 from ..train.precision import resolve_precision
 from .base import label_words, register_kind
 
@@ -191,11 +191,11 @@ class LlmClassifier(nn.Module):
         p = len(self.prefix)
         cache = DynamicCache()
         if p:
-            decoder(input_ids=self.prefix[None], past_key_values=cache, use_cache=True)
+            decoder(input_ids=self.prefix[None], **{CACHE_KW: cache}, use_cache=True)
             cache.batch_repeat_interleave(b)
         full_mask = torch.cat([mask.new_ones(b, p), mask], 1)
         positions = (p + mask.cumsum(1) - 1).clamp(min=0)
-        hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+        hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, **{CACHE_KW: cache},
                          use_cache=True).last_hidden_state
         first = lm_head(hidden[:, -1]).float().log_softmax(-1)  # [b, vocab]: every label's first token at once
         scores = first[:, self.label_ids[:, 0]]
@@ -206,7 +206,7 @@ class LlmClassifier(nn.Module):
             if n == 1:
                 continue
             tokens = self.label_ids[k, :n][None].expand(b, n)
-            hidden = decoder(input_ids=tokens[:, :-1], past_key_values=cache, use_cache=True,
+            hidden = decoder(input_ids=tokens[:, :-1], **{CACHE_KW: cache}, use_cache=True,
                              attention_mask=torch.cat([full_mask, mask.new_ones(b, n - 1)], 1),
                              position_ids=last + torch.arange(1, n, device=ids.device)[None]).last_hidden_state
             logp = lm_head(hidden).float().log_softmax(-1)
@@ -215,15 +215,6 @@ class LlmClassifier(nn.Module):
         if self.score == "mean":
             scores = scores / self.label_len.to(scores.dtype)
         return scores
-
-
-def crop_cache(cache: Any, length: int) -> None:
-    """Cut a DynamicCache back to ``length`` tokens (Transformers 5 takes the number to remove, as a
-    negative count; 4.x the length to keep)."""
-    import inspect
-
-    first = next(iter(inspect.signature(cache.crop).parameters))
-    cache.crop(length - cache.get_seq_length() if first == "tokens_to_remove" else length)
 
 
 @torch.no_grad()

@@ -1,0 +1,87 @@
+"""Instruction tuning of a causal LM: the training loss is the answer tokens' negative log-likelihood (the
+model gives the log-likelihoods of each sequence's last tokens, the answer's among them), and the validation
+metric that picks checkpoints is that loss (EmoLLMs' choice).
+
+Answers are then read without parsing: every allowed answer is scored given the prompt
+(``InstructLM.candidate_scores``) and each instruction task is measured by its own task type's metrics:
+- classification: the label words' log-likelihoods are the logits (an invalid label cannot come out);
+- multi-label: each label's likelihood as the answer's first label, normalised over the labels, is its
+  probability, thresholded per label at values chosen on validation;
+- regression: the expectation over the grid of one-decimal numbers on the task's scale, weighted by their
+  normalised likelihoods (steadier than the single most likely number, and never off the scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .base import Task, register_task
+from .classification import CLASSIFICATION
+from .multilabel import MULTILABEL
+from .regression import REGRESSION
+
+BY_TYPE = {"classification": CLASSIFICATION, "multilabel": MULTILABEL, "regression": REGRESSION}
+
+
+def answer_mask(counts: torch.Tensor, window: int) -> torch.Tensor:
+    """[rows, window] True at each row's last ``count`` positions: its answer tokens."""
+    return torch.arange(window, device=counts.device)[None] >= window - counts.reshape(-1, 1)
+
+
+class Instruct(Task):
+    name = "instruct"
+    default_metric = "loss"
+    metrics_higher_is_better: dict[str, bool] = {}
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             kind: str | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood of the answer tokens (``targets``: each row's answer length)."""
+        mask = answer_mask(targets, logits.shape[1])
+        return -(logits * mask).sum() / mask.sum().clamp(min=1)
+
+    def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str], *,
+                state: dict | None = None) -> dict:
+        loss = float(self.loss(logits.float(), torch.as_tensor(list(targets)))) if len(targets) else 0.0
+        return {"loss": loss, "perplexity": float(torch.tensor(loss).exp())}
+
+
+INSTRUCT = register_task(Instruct())
+
+
+# ---- answers of one instruction task ----------------------------------------------------------------
+def grid(scale: Sequence[float]) -> list[float]:
+    """Every one-decimal number on the scale [lo, hi]."""
+    lo, hi = round(float(scale[0]) * 10), round(float(scale[1]) * 10)
+    return [v / 10 for v in range(lo, hi + 1)]
+
+
+def candidates(desc: dict) -> list[str]:
+    """The answers scored for a task (``desc``: its entry of tasks.json)."""
+    return [f"{v:.1f}" for v in grid(desc["scale"])] if desc["type"] == "regression" else list(desc["choices"])
+
+
+def label_names(name: str, desc: dict) -> list[str]:
+    return [desc.get("target", name)] if desc["type"] == "regression" else list(desc["choices"])
+
+
+def to_logits(desc: dict, scores: torch.Tensor) -> torch.Tensor:
+    """The candidates' log-likelihoods -> what the task type's metrics read: class logits, multi-label
+    logits (of each label's normalised probability) or the expected value [rows, 1]."""
+    if desc["type"] == "classification":
+        return scores
+    p = scores.float().log_softmax(-1).exp()
+    if desc["type"] == "multilabel":
+        p = p.clamp(1e-7, 1 - 1e-7)
+        return p.log() - (-p).log1p()
+    return (p @ torch.tensor(grid(desc["scale"]))).reshape(-1, 1)
+
+
+def gold(desc: dict, values: Sequence[Any]) -> list:
+    """Gold answers as the task type's targets: class indices, label lists as multi-hot, values as rows."""
+    if desc["type"] == "classification":
+        return [desc["choices"].index(v) for v in values]
+    if desc["type"] == "multilabel":
+        return [[1.0 if c in v else 0.0 for c in desc["choices"]] for v in values]
+    return [[float(v)] for v in values]

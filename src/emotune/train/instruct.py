@@ -1,0 +1,149 @@
+"""Instruction tuning a causal LM on an instruction folder (``emotune instruct-data``) through the one training
+loop, and answering its tasks afterwards by scoring every allowed answer (``emotune.tasks.instruct``).
+
+The run folder is an ordinary one: config.yaml, labels.json ({task: its labels or target}), instruct.json (the
+tasks' types, choices and scales), model.safetensors (the adapter, or every weight with full fine-tuning),
+history.jsonl (validation loss), task_state.json (per task: multi-label thresholds, classification
+temperature, both fitted on validation) and metrics.json with each task's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import RunConfig
+from ..data.encode import Encoded
+from ..data.instruct import read_instructions
+from ..io import write_json, write_text
+from ..models.causal import InstructLM, InstructTokenizer
+from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
+from ..tasks import SCORE
+from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, gold, label_names, to_logits
+from .evaluate import evaluate_model
+from .loop import Trainer
+
+TASKS_FILE = "instruct.json"
+
+
+def encode_rows(tok: InstructTokenizer, rows: list[dict], max_length: int) -> Encoded:
+    """Prompt + answer ids per row; the target is the answer's length (its tokens are the ones the loss reads)."""
+    ids, counts = [], []
+    for r in rows:
+        answer = tok.answer(str(r["output"]))
+        ids.append(tok.prompt(r["instruction"], r["input"], max_length) + answer)
+        counts.append(len(answer))
+    return Encoded(ids, counts)
+
+
+def answer_logits(model: InstructLM, tok: InstructTokenizer, rows: list[dict], tasks: dict[str, dict],
+                  max_length: int, batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per task present in ``rows``: what its task type's metrics read (see ``tasks.instruct.to_logits``), in
+    the order of that task's rows."""
+    from ..progress import training_progress
+
+    out = {}
+    present = [name for name in tasks if any(r["task"] == name for r in rows)]
+    with training_progress(len(rows), progress, "answering") as bar:
+        for name in present:
+            desc, mine = tasks[name], [r for r in rows if r["task"] == name]
+            prompts = [tok.prompt(r["instruction"], r["input"], max_length) for r in mine]
+            cands = [tok.answer(c, end=False) for c in candidates(desc)]
+            out[name] = to_logits(desc, model.candidate_scores(prompts, cands, tok.pad_token_id, batch_size))
+            bar.update(completed=sum(len(out_rows) for out_rows in out.values()))
+    return out
+
+
+def task_metrics(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch.Tensor],
+                 state: dict | None) -> dict:
+    """Each task's metrics under its task type (``state``: what was fitted on validation, per task), and their
+    ``score``: the mean of the tasks' default selection metrics (accuracy, f1_micro, Pearson r), as multi-task
+    runs report it."""
+    out = {}
+    for name, lg in logits.items():
+        desc = tasks[name]
+        golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
+        out[name] = BY_TYPE[desc["type"]].metrics(lg, golds, label_names(name, desc), state=(state or {}).get(name))
+    picks = [out[name][BY_TYPE[tasks[name]["type"]].default_metric] for name in out]
+    return {SCORE: sum(picks) / len(picks), **out} if picks else out
+
+
+def fit_states(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch.Tensor],
+               calibration: str | None) -> dict:
+    states = {}
+    for name, lg in logits.items():
+        desc = tasks[name]
+        golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
+        s = BY_TYPE[desc["type"]].fit_state(lg, golds, label_names(name, desc), calibration=calibration)
+        if s is not None:
+            states[name] = s
+    return states
+
+
+def write_task_predictions(folder: Path, split: str, rows: list[dict], tasks: dict[str, dict],
+                           logits: dict[str, torch.Tensor], state: dict | None) -> None:
+    for name, lg in logits.items():
+        desc = tasks[name]
+        mine = [r for r in rows if r["task"] == name]
+        BY_TYPE[desc["type"]].write_predictions(folder / predictions_file(split, name), [r["input"] for r in mine],
+                                                gold(desc, [r["gold"] for r in mine]), lg, label_names(name, desc),
+                                                state=(state or {}).get(name))
+
+
+def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Callable[[int], bool] | None = None,
+                   on_evaluate: Callable[[int, dict], None] | None = None) -> dict:
+    from ..methods import lr_scales
+
+    rows, tasks = read_instructions(cfg.data.name)
+    labels = {name: label_names(name, desc) for name, desc in tasks.items()}
+    model, tok, _ = build_model(cfg, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG, cfg.to_yaml())
+    write_json(out / LABELS, labels)
+    write_json(out / TASKS_FILE, tasks)
+    train, val = rows["train"], rows["validation"]
+    enc_train, enc_val = (encode_rows(tok, r, cfg.data.max_length) for r in (train, val))
+    trainer = Trainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
+                      warmup_ratio=cfg.train.warmup_ratio, pad_id=tok.pad_token_id, progress=progress,
+                      on_step=on_step, on_evaluate=on_evaluate, lr_scales=lr_scales(cfg.method, model),
+                      task=INSTRUCT)
+    result = trainer.fit()
+    logits = answer_logits(trainer.model, tok, val, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
+    state = fit_states(val, tasks, logits, cfg.train.calibration)
+    write_json(out / TASK_STATE, state)
+    write_task_predictions(out, "validation", val, tasks, logits, state)
+    validation = {**result.best_metrics, **task_metrics(val, tasks, logits, state)}
+    metrics = Run.open(out).update_metrics(
+        completed=True, data={"name": cfg.data.name, "tasks": sorted(tasks),
+                              **{s: len(v) for s, v in rows.items()}},
+        train=result.summary, validation=validation)
+    trainer.finish()
+    return metrics
+
+
+def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool = False) -> dict:
+    """A finished instruction-tuned run on a split of its instruction folder: the answer loss and every task's
+    metrics (at the thresholds and temperatures fitted on validation); predictions per task."""
+    import json
+
+    rows, _ = read_instructions(run.config.data.name)
+    tasks = json.loads((run.path / TASKS_FILE).read_text(encoding="utf-8"))
+    part = rows.get(split) or []
+    if not part:
+        from ..errors import DataError
+
+        raise DataError(f"{run.config.data.name}: no {split} examples")
+    if model is None:
+        model, tok = run.load_model()
+    cfg = run.config
+    loss, _ = evaluate_model(model, encode_rows(tok, part, cfg.data.max_length), [], cfg.train.eval_batch_size,
+                             torch.device("cpu"), tok.pad_token_id, task=INSTRUCT)
+    start = time.perf_counter()
+    logits = answer_logits(model, tok, part, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
+    speed = len(part) / (time.perf_counter() - start)
+    state = run.task_state
+    write_task_predictions(run.path, split, part, tasks, logits, state)
+    return {**loss, "answers_per_s": speed, **task_metrics(part, tasks, logits, state)}
