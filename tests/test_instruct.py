@@ -160,7 +160,8 @@ def test_a_tiny_llama_tunes_evaluates_and_reloads_with_the_same_answers(tmp_path
     assert run.config.data.task == "instruct" and run.config.train.metric == "loss"
     val = metrics["validation"]
     assert set(tasks) <= set(val) and 0 <= val["emotion"]["accuracy"] <= 1 and "pearson" in val["vad_V"]
-    assert "thresholds" in json.loads((out / "task_state.json").read_text())["tags"]
+    state = json.loads((out / "task_state.json").read_text())
+    assert "thresholds" in state["fitted"]["tags"] and state["tasks"] == tasks
     history = [json.loads(line)["validation"]["loss"] for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(math.isfinite(v) for v in history)
     test = api.evaluate(out, "test")
@@ -170,6 +171,21 @@ def test_a_tiny_llama_tunes_evaluates_and_reloads_with_the_same_answers(tmp_path
             if isinstance(v, float):
                 assert again[name][key] == pytest.approx(v, abs=1e-6), (name, key)
     assert (out / "predictions_test_emotion.csv").is_file() and test["answers_per_s"] > 0
+    # predict: every task's answer for a text, each in its task type's format
+    [row] = api.predict(out, ["i feel happy today"])
+    answers = row["tasks"]
+    assert answers["emotion"]["label"] in tasks["emotion"]["choices"]
+    assert sum(answers["emotion"]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    lo, hi = tasks["vad_V"]["scale"]
+    assert lo <= answers["vad_V"]["values"]["V"] <= hi
+    assert set(answers["tags"]["labels"]) <= set(tasks["tags"]["choices"])
+    # the predicted answer is the one evaluation scores highest for the same prompt
+    from emotune.train.instruct import answer_logits
+
+    model, tok = run.load_model()
+    rows = [{"task": "emotion", "instruction": tasks["emotion"]["instruction"], "input": "i feel happy today"}]
+    best = answer_logits(model, tok, rows, tasks, run.config.data.max_length, 4)["emotion"].argmax().item()
+    assert answers["emotion"]["label"] == tasks["emotion"]["choices"][best]
 
 
 def test_methods_that_bypass_the_layers_are_refused_for_decoders(tmp_path, tiny_llama):

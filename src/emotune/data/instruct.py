@@ -136,9 +136,9 @@ def instruction_rows(cfg, per_task: int | None = None, per_task_eval: int | None
                 name = f"{spec.name}_{target}"
                 tasks[name] = {"type": kind, "scale": list(scale), "source": spec.name, "target": target}
                 subject = DIMENSIONS.get(target, target) if data_cfg.name == "emobank" else f"{what} {target}"
-                _add(rows, splits, name, templates(data_cfg.name, kind, subject), seed,
-                     lambda y, j=j: (number(min(max(y[j], scale[0]), scale[1])), float(y[j])),
-                     {"scale": number(scale[0]) + " to " + number(scale[1])})
+                answer = (lambda y, j=j: (number(min(max(y[j], scale[0]), scale[1])), float(y[j])))
+                tasks[name]["instruction"] = _add(rows, splits, name, templates(data_cfg.name, kind, subject), seed,
+                                                  answer, {"scale": number(scale[0]) + " to " + number(scale[1])})
         elif kind in ("classification", "multilabel"):
             names = data.label_names
             tasks[spec.name] = {"type": kind, "choices": list(names), "source": spec.name}
@@ -147,8 +147,8 @@ def instruction_rows(cfg, per_task: int | None = None, per_task_eval: int | None
             else:
                 answer = (lambda y: (", ".join(n for n, on in zip(names, y) if on) or "none",
                                      [n for n, on in zip(names, y) if on]))
-            _add(rows, splits, spec.name, templates(data_cfg.name, kind, what), seed, answer,
-                 {"labels": ", ".join(names)})
+            tasks[spec.name]["instruction"] = _add(rows, splits, spec.name, templates(data_cfg.name, kind, what),
+                                                   seed, answer, {"labels": ", ".join(names)})
         else:
             raise ConfigError(f"task {spec.name!r}: instruction data has no template for {kind} tasks")
     return rows, tasks
@@ -159,17 +159,23 @@ def _scale(values: list) -> tuple[float, float]:
     return float(round(min(flat), 1)), float(round(max(flat), 1))
 
 
-def _add(rows: dict, splits: dict, task: str, texts: list[str], seed: int, answer, fill: dict[str, str]) -> None:
+def _fill(template: str, fill: dict[str, str]) -> str:
+    for key, value in fill.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _add(rows: dict, splits: dict, task: str, texts: list[str], seed: int, answer, fill: dict[str, str]) -> str:
+    """Append a task's examples to every split; return its first template, filled (what `predict` asks)."""
     rng = random.Random(seed * 1_000_003 + zlib.crc32(task.encode()))  # seeded, and different per task
     for split in SPLITS:
         for text, y in zip(splits[split].texts, splits[split].labels):
             template = rng.randrange(len(texts))
-            instruction = texts[template]
-            for key, value in fill.items():
-                instruction = instruction.replace("{" + key + "}", value)
+            instruction = _fill(texts[template], fill)
             output, gold = answer(y)
             rows[split].append({"task": task, "template": template, "instruction": instruction, "input": text,
                                 "output": output, "gold": gold})
+    return _fill(texts[0], fill)
 
 
 def write_instructions(rows: dict[str, list[dict]], tasks: dict[str, dict], out: str | Path) -> Path:

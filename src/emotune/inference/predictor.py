@@ -265,6 +265,12 @@ class Predictor:
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
             return torch.empty(0, len(self.labels))
+        if self.run.config.data.task == "instruct":  # a decoder answering every task: scored answers
+            from ..train.instruct import answer_texts
+
+            with autocast(self.device, self._autocast):
+                return answer_texts(self.model, self.tokenizer, list(texts), self.task_state, self.max_length,
+                                    self.batch_size)
         return self.logits_from_ids(self.encode(texts))
 
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:

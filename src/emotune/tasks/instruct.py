@@ -46,8 +46,37 @@ class Instruct(Task):
         loss = float(self.loss(logits.float(), torch.as_tensor(list(targets)))) if len(targets) else 0.0
         return {"loss": loss, "perplexity": float(torch.tensor(loss).exp())}
 
+    # A finished run's answers: one block of columns per instruction task (``answers``), in the order of
+    # ``state["tasks"]``, each read by its task type (``state``: the run's task_state.json).
+    def outputs(self, logits: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        out = logits.float().clone()
+        for name, desc, cols in parts(state):
+            out[:, cols] = BY_TYPE[desc["type"]].outputs(logits[:, cols], fitted(state, name))
+        return out
+
+    def format(self, outputs: torch.Tensor, label_names: list[str], *, state: dict | None = None) -> list[dict]:
+        """One entry per instruction task, each in its task type's format: {"tasks": {name: {...}}}."""
+        per = {name: BY_TYPE[desc["type"]].format(outputs[:, cols], labels_of(name, desc), state=fitted(state, name))
+               for name, desc, cols in parts(state)}
+        return [{"tasks": {name: rows[i] for name, rows in per.items()}} for i in range(len(outputs))]
+
 
 INSTRUCT = register_task(Instruct())
+
+
+def parts(state: dict | None) -> list[tuple[str, dict, slice]]:
+    """(task name, its description, its columns) of a run's answers."""
+    out, start = [], 0
+    for name, desc in (state or {}).get("tasks", {}).items():
+        n = len(labels_of(name, desc))
+        out.append((name, desc, slice(start, start + n)))
+        start += n
+    return out
+
+
+def fitted(state: dict | None, name: str) -> dict | None:
+    """What was fitted on validation for one task (multi-label thresholds, a classification temperature)."""
+    return (state or {}).get("fitted", {}).get(name)
 
 
 # ---- answers of one instruction task ----------------------------------------------------------------
@@ -62,7 +91,7 @@ def candidates(desc: dict) -> list[str]:
     return [f"{v:.1f}" for v in grid(desc["scale"])] if desc["type"] == "regression" else list(desc["choices"])
 
 
-def label_names(name: str, desc: dict) -> list[str]:
+def labels_of(name: str, desc: dict) -> list[str]:
     return [desc.get("target", name)] if desc["type"] == "regression" else list(desc["choices"])
 
 

@@ -1,10 +1,10 @@
 """Instruction tuning a causal LM on an instruction folder (``emotune instruct-data``) through the one training
 loop, and answering its tasks afterwards by scoring every allowed answer (``emotune.tasks.instruct``).
 
-The run folder is an ordinary one: config.yaml, labels.json ({task: its labels or target}), instruct.json (the
-tasks' types, choices and scales), model.safetensors (the adapter, or every weight with full fine-tuning),
-history.jsonl (validation loss), task_state.json (per task: multi-label thresholds, classification
-temperature, both fitted on validation) and metrics.json with each task's metrics.
+The run folder is an ordinary one: config.yaml, labels.json ({task: its labels or target}), model.safetensors
+(the adapter, or every weight with full fine-tuning), history.jsonl (validation loss), task_state.json (the
+tasks' descriptions: type, choices or scale, instruction; and what each fitted on validation: multi-label
+thresholds, a classification temperature) and metrics.json with each task's metrics.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from ..io import write_json, write_text
 from ..models.causal import InstructLM, InstructTokenizer
 from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
 from ..tasks import SCORE
-from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, gold, label_names, to_logits
+from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, fitted, gold, labels_of, to_logits
 from .evaluate import evaluate_model
 from .loop import Trainer
-
-TASKS_FILE = "instruct.json"
-
 
 def encode_rows(tok: InstructTokenizer, rows: list[dict], max_length: int) -> Encoded:
     """Prompt + answer ids per row; the target is the answer's length (its tokens are the ones the loss reads)."""
@@ -57,30 +54,42 @@ def answer_logits(model: InstructLM, tok: InstructTokenizer, rows: list[dict], t
     return out
 
 
+def answer_texts(model: InstructLM, tok: InstructTokenizer, texts: list[str], state: dict, max_length: int,
+                 batch_size: int) -> torch.Tensor:
+    """[texts, the run's flat labels]: every task's answer to each text (its instruction from the run's task
+    state), in the column blocks ``tasks.instruct.parts`` describes."""
+    tasks = state["tasks"]
+    rows = [{"task": name, "instruction": desc["instruction"], "input": t} for name, desc in tasks.items()
+            for t in texts]
+    got = answer_logits(model, tok, rows, tasks, max_length, batch_size)
+    return torch.cat([got[name].float() for name in tasks], 1)
+
+
 def task_metrics(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch.Tensor],
                  state: dict | None) -> dict:
-    """Each task's metrics under its task type (``state``: what was fitted on validation, per task), and their
+    """Each task's metrics under its task type (``state``: the run's task state), and their
     ``score``: the mean of the tasks' default selection metrics (accuracy, f1_micro, Pearson r), as multi-task
     runs report it."""
     out = {}
     for name, lg in logits.items():
         desc = tasks[name]
         golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
-        out[name] = BY_TYPE[desc["type"]].metrics(lg, golds, label_names(name, desc), state=(state or {}).get(name))
+        out[name] = BY_TYPE[desc["type"]].metrics(lg, golds, labels_of(name, desc), state=fitted(state, name))
     picks = [out[name][BY_TYPE[tasks[name]["type"]].default_metric] for name in out]
     return {SCORE: sum(picks) / len(picks), **out} if picks else out
 
 
 def fit_states(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch.Tensor],
                calibration: str | None) -> dict:
+    """The run's task state: the tasks' descriptions and what each fits on these (validation) answers."""
     states = {}
     for name, lg in logits.items():
         desc = tasks[name]
         golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
-        s = BY_TYPE[desc["type"]].fit_state(lg, golds, label_names(name, desc), calibration=calibration)
+        s = BY_TYPE[desc["type"]].fit_state(lg, golds, labels_of(name, desc), calibration=calibration)
         if s is not None:
             states[name] = s
-    return states
+    return {"tasks": tasks, "fitted": states}
 
 
 def write_task_predictions(folder: Path, split: str, rows: list[dict], tasks: dict[str, dict],
@@ -89,8 +98,8 @@ def write_task_predictions(folder: Path, split: str, rows: list[dict], tasks: di
         desc = tasks[name]
         mine = [r for r in rows if r["task"] == name]
         BY_TYPE[desc["type"]].write_predictions(folder / predictions_file(split, name), [r["input"] for r in mine],
-                                                gold(desc, [r["gold"] for r in mine]), lg, label_names(name, desc),
-                                                state=(state or {}).get(name))
+                                                gold(desc, [r["gold"] for r in mine]), lg, labels_of(name, desc),
+                                                state=fitted(state, name))
 
 
 def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Callable[[int], bool] | None = None,
@@ -98,12 +107,11 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
     from ..methods import lr_scales
 
     rows, tasks = read_instructions(cfg.data.name)
-    labels = {name: label_names(name, desc) for name, desc in tasks.items()}
+    labels = {name: labels_of(name, desc) for name, desc in tasks.items()}
     model, tok, _ = build_model(cfg, 0)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, cfg.to_yaml())
     write_json(out / LABELS, labels)
-    write_json(out / TASKS_FILE, tasks)
     train, val = rows["train"], rows["validation"]
     enc_train, enc_val = (encode_rows(tok, r, cfg.data.max_length) for r in (train, val))
     trainer = Trainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
@@ -127,10 +135,9 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
 def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool = False) -> dict:
     """A finished instruction-tuned run on a split of its instruction folder: the answer loss and every task's
     metrics (at the thresholds and temperatures fitted on validation); predictions per task."""
-    import json
-
     rows, _ = read_instructions(run.config.data.name)
-    tasks = json.loads((run.path / TASKS_FILE).read_text(encoding="utf-8"))
+    state = run.task_state
+    tasks = state["tasks"]
     part = rows.get(split) or []
     if not part:
         from ..errors import DataError
@@ -144,6 +151,5 @@ def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool
     start = time.perf_counter()
     logits = answer_logits(model, tok, part, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
     speed = len(part) / (time.perf_counter() - start)
-    state = run.task_state
     write_task_predictions(run.path, split, part, tasks, logits, state)
     return {**loss, "answers_per_s": speed, **task_metrics(part, tasks, logits, state)}
