@@ -186,6 +186,18 @@ def test_a_tiny_llama_tunes_evaluates_and_reloads_with_the_same_answers(tmp_path
     rows = [{"task": "emotion", "instruction": tasks["emotion"]["instruction"], "input": "i feel happy today"}]
     best = answer_logits(model, tok, rows, tasks, run.config.data.max_length, 4)["emotion"].argmax().item()
     assert answers["emotion"]["label"] == tasks["emotion"]["choices"][best]
+    # served: the same answers over HTTP, LoRA merged
+    from fastapi.testclient import TestClient
+
+    from emotune.inference.engines import ModelRegistry
+    from emotune.serve import create_app
+
+    with TestClient(create_app(ModelRegistry.load([f"llm={out}"], precision="fp32"))) as client:
+        r = client.post("/v1/predict", json={"texts": ["i feel happy today"], "model": "llm"})
+    assert r.status_code == 200, r.text
+    served = r.json()["predictions"][0]["tasks"]
+    assert served["emotion"]["label"] == answers["emotion"]["label"]
+    assert served["vad_V"]["values"]["V"] == pytest.approx(answers["vad_V"]["values"]["V"], abs=1e-3)
 
 
 def test_methods_that_bypass_the_layers_are_refused_for_decoders(tmp_path, tiny_llama):

@@ -304,6 +304,9 @@ class ServedModel:
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
             return torch.empty(0, len(self.labels))
+        if self.run.config.data.task == "instruct":  # a decoder's answers are scored from texts, not token ids
+            predictor = self.engine.predictor  # type: ignore[attr-defined]
+            return self.run.task.outputs(predictor.logits(texts), self.task_state)
         return self.engine.probabilities(self.key, self.encode(texts))
 
     def describe(self) -> dict:
@@ -381,7 +384,7 @@ class ModelRegistry:
         groups: dict[tuple, list[tuple[str, Run]]] = {}
         for name, run in runs:
             cfg = run.config
-            if share and shares_base(cfg.method):
+            if share and shares_base(cfg.method) and cfg.data.task != "instruct":
                 key: tuple = ("shared", cfg.model.name, cfg.model.pooling == "pooler")
             else:
                 key = ("own", name)
