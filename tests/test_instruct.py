@@ -229,3 +229,18 @@ def test_the_cli_builds_instruction_data(tmp_path):
                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode != 0 and "multi-task config" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_instruction_run_resumes_where_it_stopped(tmp_path, tiny_llama):
+    from emotune.errors import Interrupted
+
+    cfg = sources(tmp_path)
+    rows, tasks = instruction_rows(cfg, per_task=8, per_task_eval=4)
+    folder = write_instructions(rows, tasks, tmp_path / "inst")
+    run_cfg = tiny_config(tiny_llama, tmp_path, max_steps=6, eval_every=2)
+    run_cfg.data.name = str(folder)
+    with pytest.raises(Interrupted):
+        api.train(run_cfg, tmp_path / "run", progress=False, on_step=lambda step: step == 3)
+    steps = []
+    metrics = api.train(run_cfg, tmp_path / "run", progress=False, on_step=lambda step: steps.append(step) and False)
+    assert steps[0] == 4 and metrics["train"]["resumed_from_step"] == 3 and metrics["train"]["steps"] == 6

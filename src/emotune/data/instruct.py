@@ -134,14 +134,15 @@ def instruction_rows(cfg, per_task: int | None = None, per_task_eval: int | None
             scale = SCALES.get(data_cfg.name) or _scale(data["train"].labels)
             for j, target in enumerate(data.label_names):
                 name = f"{spec.name}_{target}"
-                tasks[name] = {"type": kind, "scale": list(scale), "source": spec.name, "target": target}
+                tasks[name] = {"type": kind, "scale": list(scale), "source": spec.name, "target": target,
+                               "metric": spec.metric}
                 subject = DIMENSIONS.get(target, target) if data_cfg.name == "emobank" else f"{what} {target}"
                 answer = (lambda y, j=j: (number(min(max(y[j], scale[0]), scale[1])), float(y[j])))
                 tasks[name]["instruction"] = _add(rows, splits, name, templates(data_cfg.name, kind, subject), seed,
                                                   answer, {"scale": number(scale[0]) + " to " + number(scale[1])})
         elif kind in ("classification", "multilabel"):
             names = data.label_names
-            tasks[spec.name] = {"type": kind, "choices": list(names), "source": spec.name}
+            tasks[spec.name] = {"type": kind, "choices": list(names), "source": spec.name, "metric": spec.metric}
             if kind == "classification":
                 answer = (lambda y: (names[y], names[y]))
             else:

@@ -68,14 +68,14 @@ def answer_texts(model: InstructLM, tok: InstructTokenizer, texts: list[str], st
 def task_metrics(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch.Tensor],
                  state: dict | None) -> dict:
     """Each task's metrics under its task type (``state``: the run's task state), and their
-    ``score``: the mean of the tasks' default selection metrics (accuracy, f1_micro, Pearson r), as multi-task
-    runs report it."""
+    ``score``: the mean of the tasks' selection metrics (the source task's ``metric``, else its type's default:
+    accuracy, f1_micro, Pearson r), as multi-task runs report it."""
     out = {}
     for name, lg in logits.items():
         desc = tasks[name]
         golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
         out[name] = BY_TYPE[desc["type"]].metrics(lg, golds, labels_of(name, desc), state=fitted(state, name))
-    picks = [out[name][BY_TYPE[tasks[name]["type"]].default_metric] for name in out]
+    picks = [out[name][tasks[name].get("metric") or BY_TYPE[tasks[name]["type"]].default_metric] for name in out]
     return {SCORE: sum(picks) / len(picks), **out} if picks else out
 
 
