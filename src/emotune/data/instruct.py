@@ -168,8 +168,8 @@ def _fill(template: str, fill: dict[str, str]) -> str:
 
 def _add(rows: dict, splits: dict, task: str, texts: list[str], seed: int, answer, fill: dict[str, str]) -> str:
     """Append a task's examples to every split; return its first template, filled (what `predict` asks)."""
-    rng = random.Random(seed * 1_000_003 + zlib.crc32(task.encode()))  # seeded, and different per task
-    for split in SPLITS:
+    for split in SPLITS:  # seeded per task and split: a split's templates do not depend on the others' sizes
+        rng = random.Random(seed * 1_000_003 + zlib.crc32(f"{task}/{split}".encode()))
         for text, y in zip(splits[split].texts, splits[split].labels):
             template = rng.randrange(len(texts))
             instruction = _fill(texts[template], fill)
