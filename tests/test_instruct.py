@@ -137,6 +137,18 @@ def test_constrained_scores_equal_brute_force_token_sums(tiny_llama):
                 assert got[i, k].item() == pytest.approx(want, abs=1e-4)
 
 
+def test_free_answers_are_parsed_or_counted_as_failures():
+    from emotune.tasks.instruct import parse
+
+    emo = {"type": "classification", "choices": ["joy", "sadness", "love"]}
+    assert parse(emo, " Joy.") == "joy" and parse(emo, "The emotion is sadness") == "sadness"
+    assert parse(emo, "joy or love") is None and parse(emo, "enjoyment") is None
+    tags = {"type": "multilabel", "choices": ["joy", "anger"]}
+    assert parse(tags, "anger, joy") == ["anger", "joy"] and parse(tags, "none") == [] and parse(tags, "joy, x") is None
+    vad = {"type": "regression", "scale": [1.0, 5.0]}
+    assert parse(vad, "3.4") == 3.4 and parse(vad, "about 7") == 5.0 and parse(vad, "high") is None
+
+
 def test_numeric_answers_are_the_expectation_over_the_scale():
     desc = {"type": "regression", "scale": [1.0, 2.0]}
     assert candidates(desc) == [f"{1 + v / 10:.1f}" for v in range(11)] and grid([1, 5])[-1] == 5.0
@@ -171,6 +183,9 @@ def test_a_tiny_llama_tunes_evaluates_and_reloads_with_the_same_answers(tmp_path
             if isinstance(v, float):
                 assert again[name][key] == pytest.approx(v, abs=1e-6), (name, key)
     assert (out / "predictions_test_emotion.csv").is_file() and test["answers_per_s"] > 0
+    generated = api.evaluate(out, "test", answers="generated")
+    assert set(generated) == set(tasks) and all(0 <= m["parse_failure_rate"] <= 1 for m in generated.values())
+    assert "test_generated" in Run.open(out).metrics and Run.open(out).metrics["test"]["emotion"] == test["emotion"]
     # predict: every task's answer for a text, each in its task type's format
     [row] = api.predict(out, ["i feel happy today"])
     answers = row["tasks"]

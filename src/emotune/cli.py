@@ -326,11 +326,17 @@ def evaluate(
     split: str = typer.Option("test", help="train, validation or test."),
     data_dir: Optional[str] = typer.Option(None, help="Data root, if the data moved since training."),
     precision: Optional[str] = typer.Option(None, help="Override the run's precision (fp32, bf16)."),
+    answers: str = typer.Option("scored", help="Instruction-tuned decoders: scored (every allowed answer "
+                                               "scored) or generated (free generation read by a parser; kept as "
+                                               "<split>_generated with each task's parse-failure rate)."),
 ):
     """Evaluate a trained run on a split; metrics.json and predictions_<split>.csv are updated."""
     from . import api
 
-    metrics = api.evaluate(run_dir, split, data_dir=data_dir, precision=precision)
+    metrics = api.evaluate(run_dir, split, data_dir=data_dir, precision=precision, answers=answers)
+    if answers == "generated":
+        for name, m in metrics.items():
+            out.print(f"{escape(name)}: parse failures {m['parse_failure_rate']:.1%}", highlight=False)
     print_metrics({split: metrics}, f"{run_dir} ({split})", splits=(split,))
 
 

@@ -15,21 +15,28 @@ from .predictor import Predictor
 
 
 def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None,
-             precision: str | None = None) -> dict:
-    """Evaluate a finished run on a split of its data set; saves metrics and predictions."""
+             precision: str | None = None, answers: str = "scored") -> dict:
+    """Evaluate a finished run on a split of its data set; saves metrics and predictions. ``answers``
+    (instruction-tuned runs): ``scored`` (every allowed answer scored) or ``generated`` (free generation read by
+    a parser, kept as ``<split>_generated`` with each task's parse-failure rate)."""
     run = Run.open_finished(run_dir)
+    if answers not in ("scored", "generated"):
+        raise ConfigError(f"answers must be scored or generated, got {answers!r}")
+    if answers == "generated" and run.config.data.task != "instruct":
+        raise ConfigError("--answers generated applies to instruction-tuned decoders; this run's answers are its "
+                          "outputs")
     with run_lock(run.path, "emotune evaluate"):
-        return _evaluate(run, split, data_dir, precision)
+        return _evaluate(run, split, data_dir, precision, answers)
 
 
-def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None) -> dict:
+def _evaluate(run: Run, split: str, data_dir: str | None, precision: str | None, answers: str = "scored") -> dict:
     if run.config.is_multitask:
         return _evaluate_tasks(run, split, data_dir, precision)
     if run.config.data.task == "instruct":  # every task's answers, scored (emotune.train.instruct)
         from ..train.instruct import evaluate_instruct
 
-        metrics = evaluate_instruct(run, split)
-        run.update_metrics(**{split: metrics})
+        metrics = evaluate_instruct(run, split, answers=answers)
+        run.update_metrics(**{split if answers == "scored" else f"{split}_generated": metrics})
         return metrics
     part, predictor, metrics, logits = _split_logits(run, split, data_dir, precision)
     state = run.task_state  # multilabel: the thresholds chosen on validation after training

@@ -265,6 +265,29 @@ class InstructLM(nn.Module):
         self.train(was)
         return out
 
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], pad_id: int, stop: list[int], max_new_tokens: int = 24,
+                 batch_size: int = 16) -> list[list[int]]:
+        """Greedy free generation after each prompt (left-padded batches), up to a ``stop`` token: the
+        answer ids, without the stop token."""
+        lm = self.encoder.get_base_model() if hasattr(self.encoder, "get_base_model") else self.encoder
+        device = next(self.parameters()).device
+        was = self.training
+        self.eval()
+        out: list[list[int]] = [[] for _ in prompts]
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s:s + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            got = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=stop or None, pad_token_id=pad_id, use_cache=True)
+            for i, row in enumerate(got[:, width:].tolist()):
+                cut = next((j for j, t in enumerate(row) if t in stop), len(row))
+                out[s + i] = row[:cut]
+        self.train(was)
+        return out
+
     def _score_batch(self, prompts: list[list[int]], tree: dict, n: int, pad_id: int) -> torch.Tensor:
         from transformers import DynamicCache
 

@@ -9,10 +9,14 @@ Answers are then read without parsing: every allowed answer is scored given the 
   probability, thresholded per label at values chosen on validation;
 - regression: the expectation over the grid of one-decimal numbers on the task's scale, weighted by their
   normalised likelihoods (steadier than the single most likely number, and never off the scale).
+
+Free generation read by a parser (``parse``) is the alternative, for comparison: its parse failures are
+counted, and its metrics cover the answers that could be read.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -105,6 +109,28 @@ def to_logits(desc: dict, scores: torch.Tensor) -> torch.Tensor:
         p = p.clamp(1e-7, 1 - 1e-7)
         return p.log() - (-p).log1p()
     return (p @ torch.tensor(grid(desc["scale"]))).reshape(-1, 1)
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def parse(desc: dict, text: str) -> Any:
+    """A freely generated answer read as the task's answer (a label, a list of labels, a number clipped to the
+    scale); None when it cannot be read (a parse failure)."""
+    said = text.strip().lower().rstrip(".!")
+    if desc["type"] == "regression":
+        m = _NUMBER.search(said)
+        return None if m is None else min(max(float(m.group()), desc["scale"][0]), desc["scale"][1])
+    choices = {c.lower(): c for c in desc["choices"]}
+    if desc["type"] == "classification":
+        if said in choices:
+            return choices[said]
+        named = [c for key, c in choices.items() if re.search(rf"\b{re.escape(key)}\b", said)]
+        return named[0] if len(named) == 1 else None
+    items = [x.strip() for x in said.split(",") if x.strip()]
+    if items == ["none"]:
+        return []
+    return [choices[x] for x in items] if items and all(x in choices for x in items) else None
 
 
 def gold(desc: dict, values: Sequence[Any]) -> list:

@@ -22,7 +22,7 @@ from ..io import write_json, write_text
 from ..models.causal import InstructLM, InstructTokenizer
 from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
 from ..tasks import SCORE
-from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, fitted, gold, labels_of, to_logits
+from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, fitted, gold, labels_of, parse, to_logits
 from .evaluate import evaluate_model
 from .loop import Trainer
 
@@ -132,7 +132,43 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
     return metrics
 
 
-def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool = False) -> dict:
+def generated_metrics(model: InstructLM, tok: InstructTokenizer, rows: list[dict], tasks: dict[str, dict],
+                      state: dict | None, max_length: int, batch_size: int) -> dict:
+    """Free generation read by ``tasks.instruct.parse``: per task its ``parse_failure_rate`` and its task type's
+    metrics over the answers that could be read (classification also ``accuracy_all``, a failure counting as
+    wrong)."""
+    out = {}
+    stop = list(dict.fromkeys(tok.end[:1] + ([tok.tokenizer.eos_token_id] if tok.tokenizer.eos_token_id is not None
+                                              else [])))
+    for name, desc in tasks.items():
+        mine = [r for r in rows if r["task"] == name]
+        if not mine:
+            continue
+        prompts = [tok.prompt(r["instruction"], r["input"], max_length) for r in mine]
+        said = [tok.tokenizer.decode(x, skip_special_tokens=True) for x in
+                model.generate(prompts, tok.pad_token_id, stop, batch_size=batch_size)]
+        read = [parse(desc, t) for t in said]
+        ok = [i for i, v in enumerate(read) if v is not None]
+        m: dict = {"parse_failure_rate": 1 - len(ok) / len(mine), "examples": [
+            {"input": mine[i]["input"], "generated": said[i]} for i in range(min(3, len(mine)))]}
+        if ok:
+            labels = labels_of(name, desc)
+            if desc["type"] == "classification":
+                lg = torch.full((len(ok), len(labels)), -1e4)
+                lg[torch.arange(len(ok)), torch.tensor([labels.index(read[i]) for i in ok])] = 0.0
+                m["accuracy_all"] = sum(read[i] == mine[i]["gold"] for i in ok) / len(mine)
+            elif desc["type"] == "multilabel":
+                lg = torch.tensor([[10.0 if c in read[i] else -10.0 for c in labels] for i in ok])
+            else:
+                lg = torch.tensor([[read[i]] for i in ok])
+            golds = gold(desc, [mine[i]["gold"] for i in ok])
+            m.update(BY_TYPE[desc["type"]].metrics(lg, golds, labels, state=None))
+        out[name] = m
+    return out
+
+
+def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool = False,
+                      answers: str = "scored") -> dict:
     """A finished instruction-tuned run on a split of its instruction folder: the answer loss and every task's
     metrics (at the thresholds and temperatures fitted on validation); predictions per task."""
     rows, _ = read_instructions(run.config.data.name)
@@ -146,6 +182,8 @@ def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool
     if model is None:
         model, tok = run.load_model()
     cfg = run.config
+    if answers == "generated":
+        return generated_metrics(model, tok, part, tasks, state, cfg.data.max_length, cfg.train.eval_batch_size)
     loss, _ = evaluate_model(model, encode_rows(tok, part, cfg.data.max_length), [], cfg.train.eval_batch_size,
                              torch.device("cpu"), tok.pad_token_id, task=INSTRUCT)
     start = time.perf_counter()
