@@ -259,3 +259,42 @@ def test_an_interrupted_instruction_run_resumes_where_it_stopped(tmp_path, tiny_
     steps = []
     metrics = api.train(run_cfg, tmp_path / "run", progress=False, on_step=lambda step: steps.append(step) and False)
     assert steps[0] == 4 and metrics["train"]["resumed_from_step"] == 3 and metrics["train"]["steps"] == 6
+
+
+def test_an_architecture_search_crosses_an_encoder_and_a_decoder_on_one_folder(tmp_path, tiny_model, tiny_llama):
+    from emotune.experiments.tune import SearchSpace, tune
+
+    cfg = sources(tmp_path)
+    rows, tasks = instruction_rows(cfg, per_task=30, per_task_eval=6)  # every emotion in training
+    folder = write_instructions(rows, tasks, tmp_path / "inst")
+    space = SearchSpace.from_dict({
+        "base": {"data": {"name": str(folder)}, "method": {"name": "lora"},
+                 "train": {"batch_size": 8, "max_steps": 4, "eval_every": 2, "precision": "fp32", "lr": 1e-2}},
+        "objective": {"metric": "score"}, "sampler": {"name": "bruteforce", "seed": 0}, "pruner": "none",
+        "space": {"model.name": [tiny_model, tiny_llama]}})
+    result = tune(space, tmp_path / "search", trials=2, progress=False, retrain=True)
+    runs = [Run.open(p.parent) for p in sorted((tmp_path / "search" / "trials").glob("*/config.yaml"))]
+    assert sorted(r.config.is_multitask for r in runs) == [False, True]  # one encoder view, one decoder
+    for r in runs:  # both rank on the same validation score: the mean of the tasks' selection metrics
+        assert math.isfinite(r.metrics["validation"]["score"])
+    encoder = next(r for r in runs if r.config.is_multitask)
+    assert [t.name for t in encoder.config.multitask.tasks] == ["emotion", "vad", "tags"]
+    retrained = Run.open(result.retrained["run"])  # the best, retrained on train+validation, tested once
+    assert retrained.metrics["retrained"]["data"] == "train+validation" and "score" in result.retrained["test"]
+    if not retrained.config.is_multitask:
+        assert retrained.metrics["data"]["train"] == len(rows["train"]) + len(rows["validation"])
+
+
+def test_checkpoints_can_follow_the_tasks_score(tmp_path, tiny_llama):
+    cfg = sources(tmp_path)
+    rows, tasks = instruction_rows(cfg, per_task=8, per_task_eval=4)
+    folder = write_instructions(rows, tasks, tmp_path / "inst")
+    run_cfg = tiny_config(tiny_llama, tmp_path, max_steps=4, eval_every=2, metric="score")
+    run_cfg.data.name = str(folder)
+    api.train(run_cfg, tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert all("score" in h["validation"] and "emotion" in h["validation"] for h in history)
+    best = max(history, key=lambda h: h["validation"]["score"])
+    assert Run.open(tmp_path / "run").metrics["train"]["best_step"] == best["step"]
+    with pytest.raises(ConfigError, match="loss or score"):
+        INSTRUCT.check_metric("accuracy", [])

@@ -212,6 +212,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     from .models import MODELS, is_classic
     from .models.classic import resolve_options
 
+    cfg = encoder_view(cfg)
     method = METHODS.get(cfg.method.get("name", ""))
     method.make_config({k: v for k, v in cfg.method.items() if k != "name"})  # validate early
     check_switches(cfg, method.name, is_classic(cfg.model.name), trains=method.build is None)
@@ -238,9 +239,29 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         resolved.train.metric = SCORE  # the mean of the tasks' own selection metrics
         return resolved
     task = task_for(resolved)
+    if task.name == "instruct" and resolved.train.metric not in ("loss", SCORE):
+        resolved.train.metric = "loss"  # accuracy (the default) or a search's objective: the answers' loss
     if resolved.train.metric == "accuracy" and "accuracy" not in task.metrics_higher_is_better:
         resolved.train.metric = task.default_metric  # the default suits classification only
     return resolved
+
+
+def encoder_view(cfg: RunConfig) -> RunConfig:
+    """An instruction folder read by an encoder (or a classic model) instead of a causal LM: the multi-task run
+    over the same texts that ``emotune instruct-data`` wrote beside it (``encoders.yaml``), so that a search can
+    cross encoders and decoders on one data set."""
+    from .data.base import resolve_task
+    from .models.causal import is_causal_lm
+
+    data = RunConfig.from_dict(cfg.to_dict()).data
+    resolve_task(data)
+    if data.task != "instruct" or cfg.is_multitask or is_causal_lm(cfg.model.name):
+        return cfg
+    view = RunConfig.from_yaml(Path(data.name).expanduser() / "encoders.yaml")
+    out = RunConfig.from_dict(cfg.to_dict())
+    out.multitask = view.multitask
+    out.data = type(cfg.data)(data_dir=cfg.data.data_dir, max_length=cfg.data.max_length)
+    return out
 
 
 def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = True) -> None:

@@ -3,7 +3,7 @@
     study: emotion-lora                # optional; defaults to the file name
     base: {data: {name: emotion}, method: {name: lora}, train: {max_epochs: 3}}
     objective: {metric: accuracy}      # any validation metric; direction follows it (loss: minimize)
-    sampler: {name: tpe, seed: 42}     # tpe (default), random, cmaes, gp, qmc + their options
+    sampler: {name: tpe, seed: 42}     # tpe (default), random, cmaes, gp, qmc, bruteforce + their options
     pruner: {name: median, n_startup_trials: 3}   # median (default), percentile, hyperband,
                                                   # successive_halving, threshold, wilcoxon, none
     storage: null                      # SQLAlchemy URL; default sqlite:///<out>/optuna.db
@@ -51,7 +51,7 @@ DB_FILE = "optuna.db"
 SAMPLERS: Registry[str] = Registry("sampler")
 PRUNERS: Registry[str] = Registry("pruner")
 for _name, _cls in {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
-                    "qmc": "QMCSampler"}.items():
+                    "qmc": "QMCSampler", "bruteforce": "BruteForceSampler"}.items():
     SAMPLERS.register(_name)(_cls)
 for _name, _cls in {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
                     "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner",
@@ -303,6 +303,15 @@ class QuietInterrupt(logging.Filter):
         return not (self.interrupted and "failed with value None" in record.getMessage())
 
 
+def has_metric(metrics: dict, metric: str) -> bool:
+    value: Any = metrics
+    for part in metric.split(".") if metric not in metrics else [metric]:
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
 def metric_value(metrics: dict, metric: str) -> float:
     """A validation metric by name; ``task.metric`` reads one task's figure of a multi-task run."""
     value: Any = metrics
@@ -336,6 +345,8 @@ class Objective:
         metric, name = self.space.metric, f"trial {trial.number} ({', '.join(labels(params))})"
 
         def on_evaluate(step: int, metrics: dict) -> None:
+            if not has_metric(metrics, metric):  # a decoder's evaluations during training: loss only
+                return
             trial.report(metric_value(metrics, metric), step)
             if self.bar:
                 self.bar.evaluated(name, step, metric, metric_value(metrics, metric))
@@ -354,7 +365,8 @@ class Objective:
             raise RunError(f"{run_dir}: holds a finished run with another configuration (another study in this "
                            "--out?); use another --out")
         for h in read_history(run_dir):  # a resumed trial: the pruner sees its earlier evaluations too
-            trial.report(metric_value(h["validation"], metric), h["step"])
+            if has_metric(h["validation"], metric):
+                trial.report(metric_value(h["validation"], metric), h["step"])
         try:
             if (run_dir / CONFIG).is_file() and Run.open(run_dir).complete:
                 metrics = Run.open(run_dir).metrics  # trained before the worker could record it
@@ -454,21 +466,56 @@ def export_best(study, space: SearchSpace, out: Path) -> Path:
 def merged_data_config(cfg: RunConfig, folder: Path) -> RunConfig:
     """A copy of ``cfg`` whose data is a folder of JSONL files: train = train + validation (the same
     samples the trial saw), validation = the validation split again (now seen: for monitoring only),
-    test = the untouched test split."""
+    test = the untouched test split. A multi-task run gets one such folder per task; an instruction folder
+    a merged instruction folder."""
+    merged = RunConfig.from_dict(cfg.to_dict())
+    if cfg.data.task == "instruct":
+        from ..data.instruct import read_instructions, write_instructions
+
+        rows, tasks = read_instructions(cfg.data.name)
+        write_instructions({"train": rows["train"] + rows["validation"], "validation": rows["validation"],
+                            "test": rows["test"]}, tasks, folder)
+        merged.data.name = str(folder.resolve())
+        return merged
+    if cfg.is_multitask:
+        for spec in merged.multitask.tasks:
+            _merge_split_files(spec.data, folder / spec.name, cfg.train.seed, cfg.data.data_dir)
+        return merged
+    _merge_split_files(merged.data, folder, cfg.train.seed)
+    return merged
+
+
+def _merge_split_files(data_cfg, folder: Path, seed: int, data_dir: str | None = None) -> None:
+    """Write ``data_cfg``'s data as merged split files into ``folder`` and point ``data_cfg`` at them (in place);
+    labels, label columns or targets as the task type reads them."""
     from ..data import load_data
 
-    data = load_data(cfg.data, cfg.train.seed)
+    if data_cfg.data_dir is None:
+        data_cfg.data_dir = data_dir
+    data = load_data(data_cfg, seed)
     parts = {"train": [data["train"], data["validation"]], "validation": [data["validation"]],
-             "test": [data["test"]]}
+             "test": [data["test"]] if "test" in data.splits else []}
+    names, kind = data.label_names, data_cfg.task
+
+    def record(text: str, y: Any) -> dict:
+        if kind == "regression":
+            return {"text": text, **dict(zip(names, y))}
+        if kind == "multilabel":
+            return {"text": text, **{n: int(v) for n, v in zip(names, y)}}
+        return {"text": text, "label": names[y]}
+
     for split, pieces in parts.items():
-        lines = [json.dumps({"text": t, "label": data.label_names[y]}, ensure_ascii=False)
-                 for piece in pieces for t, y in zip(piece.texts, piece.labels)]
-        write_text(folder / f"{split}.jsonl", "\n".join(lines) + "\n")
-    merged = RunConfig.from_dict(cfg.to_dict())
-    merged.data.name, merged.data.data_dir = str(folder.resolve()), None
-    merged.data.text_column, merged.data.label_column = "text", "label"
-    merged.data.max_train_samples = merged.data.max_eval_samples = None
-    return merged
+        if pieces:
+            lines = [json.dumps(record(t, y), ensure_ascii=False) for piece in pieces
+                     for t, y in zip(piece.texts, piece.labels)]
+            write_text(folder / f"{split}.jsonl", "\n".join(lines) + "\n")
+    data_cfg.name, data_cfg.data_dir = str(folder.resolve()), None
+    data_cfg.text_column, data_cfg.label_column, data_cfg.label_delimiter = "text", "label", None
+    if kind == "regression":
+        data_cfg.target_columns = list(names)
+    elif kind == "multilabel":
+        data_cfg.label_columns = list(names)
+    data_cfg.max_train_samples = data_cfg.max_eval_samples = None
 
 
 def retrain_full(space: SearchSpace, best: dict, out: Path, *, progress: bool = True) -> dict:

@@ -360,3 +360,33 @@ def build_instruct(cfg) -> tuple[InstructLM, InstructTokenizer]:
     lm, tok = load_causal_lm(cfg.name)
     lm.config.use_cache = False  # training: no key/value cache to build (scoring asks for one itself)
     return InstructLM(lm.train()), InstructTokenizer(tok, opts.get("system"), fmt)
+
+
+def is_causal_lm(name: str) -> bool:
+    """Whether ``model.name`` names a causal LM (``smollm2``, a ``.gguf`` file, a folder or hub id whose config
+    declares a ...ForCausalLM architecture) rather than an encoder or a classic model."""
+    if name == "smollm2" or name.endswith(".gguf"):
+        return True
+    if name in ENCODER_ONLY:
+        return False
+    from .encoder import ALIASES
+
+    if name in ALIASES:
+        return False
+    path = Path(name).expanduser()
+    if path.is_dir():
+        try:
+            import json
+
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+    if "/" not in name or path.exists():
+        return False
+    try:  # a hub id: its config says (the user named it, so the network is theirs to use)
+        from transformers import AutoConfig
+
+        return any(str(a).endswith("ForCausalLM") for a in AutoConfig.from_pretrained(name).architectures or [])
+    except (OSError, ValueError):
+        return False

@@ -21,9 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .base import Task, register_task
 from .classification import CLASSIFICATION
 from .multilabel import MULTILABEL
+from .multitask import SCORE
 from .regression import REGRESSION
 
 BY_TYPE = {"classification": CLASSIFICATION, "multilabel": MULTILABEL, "regression": REGRESSION}
@@ -44,6 +46,12 @@ class Instruct(Task):
         """Mean negative log-likelihood of the answer tokens (``targets``: each row's answer length)."""
         mask = answer_mask(targets, logits.shape[1])
         return -(logits * mask).sum() / mask.sum().clamp(min=1)
+
+    def check_metric(self, metric: str, label_names: list[str]) -> None:
+        """``loss`` (the answers' validation loss), or ``score``: the mean of the tasks' selection metrics, which
+        costs scoring every validation answer at each evaluation."""
+        if metric not in ("loss", SCORE):
+            raise ConfigError(f"instruction-tuned runs select checkpoints on loss or {SCORE}, not {metric!r}")
 
     def metrics(self, logits: torch.Tensor, targets: Sequence[Any], label_names: list[str], *,
                 state: dict | None = None) -> dict:

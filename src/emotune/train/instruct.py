@@ -102,6 +102,24 @@ def write_task_predictions(folder: Path, split: str, rows: list[dict], tasks: di
                                                 state=fitted(state, name))
 
 
+class InstructTrainer(Trainer):
+    """The loop; with ``train.metric=score`` each evaluation also answers the validation rows, so checkpoints and
+    early stopping follow the tasks' own metrics instead of the answer loss."""
+
+    def __init__(self, *args, rows: list[dict], tasks: dict[str, dict], tok: InstructTokenizer, **kw):
+        super().__init__(*args, **kw)
+        self.rows, self.tasks, self.tok = rows, tasks, tok
+
+    def evaluate(self) -> dict:
+        metrics = super().evaluate()
+        if self.cfg.metric == SCORE:
+            logits = answer_logits(self.model, self.tok, self.rows, self.tasks, self.max_length,
+                                   self.cfg.eval_batch_size)
+            state = fit_states(self.rows, self.tasks, logits, None)  # thresholds only: no calibration needed
+            metrics.update(task_metrics(self.rows, self.tasks, logits, state))
+        return metrics
+
+
 def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Callable[[int], bool] | None = None,
                    on_evaluate: Callable[[int, dict], None] | None = None) -> dict:
     from ..methods import lr_scales
@@ -114,10 +132,11 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
     write_json(out / LABELS, labels)
     train, val = rows["train"], rows["validation"]
     enc_train, enc_val = (encode_rows(tok, r, cfg.data.max_length) for r in (train, val))
-    trainer = Trainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
-                      warmup_ratio=cfg.train.warmup_ratio, pad_id=tok.pad_token_id, progress=progress,
-                      on_step=on_step, on_evaluate=on_evaluate, lr_scales=lr_scales(cfg.method, model),
-                      task=INSTRUCT)
+    trainer = InstructTrainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
+                              warmup_ratio=cfg.train.warmup_ratio, pad_id=tok.pad_token_id, progress=progress,
+                              on_step=on_step, on_evaluate=on_evaluate, lr_scales=lr_scales(cfg.method, model),
+                              task=INSTRUCT, rows=val, tasks=tasks, tok=tok)
+    trainer.max_length = cfg.data.max_length
     result = trainer.fit()
     logits = answer_logits(trainer.model, tok, val, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
     state = fit_states(val, tasks, logits, cfg.train.calibration)
