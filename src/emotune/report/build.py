@@ -19,8 +19,9 @@ from ..tasks import HIGHER_IS_BETTER
 from . import plots, sections, seeds, tables
 from .analysis import report_section
 from .calibration import calibration_section
-from .collect import (Collection, Entry, choose, collect, family_metric, hyper_label, is_multitask, parts, slug,
-                      sort_key, task_kind, varying)
+from .collect import (PER_TASK, Collection, Entry, choose, collect, family_metric, hyper_label, is_multitask, parts,
+                      slug, sort_key, task_kind, varying)
+from .mistakes import error_section
 from .render import Block, Figure, Heading, Table, Text, to_html, to_markdown
 
 
@@ -42,7 +43,8 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
                  seed: int = 0, evaluate_test: bool = True, data_dir: str | None = None, title: str | None = None,
                  max_columns: int = 12, note: str = "") -> ReportResult:
     """Compare every finished run under ``dirs`` and write ``report.md``, ``report.html``, the plots,
-    ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``. An
+    ``runs.csv`` (one row per run) and ``summary.json`` (the chosen run per family) into ``out``. Multi-task and
+    instruction-tuned runs share their tasks' rows; every chosen run gets an error analysis (report/mistakes.py). An
     ``analysis.json`` of `emotune analyze` found in ``dirs`` adds its section (see report/analysis.py).
     ``metric`` chooses each family's run; None: the runs' own selection metric (``train.metric``) when they
     share one, else accuracy."""
@@ -86,6 +88,7 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
                                f"(seed {seed}); conf. is the predicted class's probability."))
             for fam, e in chosen.items():
                 blocks += _examples(fam, e, keys[fam], examples, seed)
+        blocks += error_section(chosen, keys, seed)  # confused pairs, largest errors, seeded examples per task
     if col.retrained:
         blocks += [Heading("Retrained on train + validation", 2),
                    Text("Best search trials retrained on train+validation for their best step count and tested "
@@ -106,7 +109,8 @@ def build_report(dirs: list[str | Path], out: str | Path, *, metric: str | None 
 
 
 LOSSES = {"classification": "cross-entropy loss", "multilabel": "binary cross-entropy loss",
-          "regression": "standardised squared error", "multitask": "training loss (tasks weighted)"}
+          "regression": "standardised squared error", "multitask": "training loss (tasks weighted)",
+          "instruct": "answer tokens' negative log-likelihood"}
 
 
 def _validation(fam: str, es: list[Entry], keys: list[str], chosen: Entry, metric: str, max_columns: int,
@@ -131,10 +135,12 @@ def _test(col: Collection, chosen: dict[str, Entry], keys: dict[str, list[str]],
     metric = f"validation {shared.pop()}" if len(shared) == 1 else "its validation selection metric"
     blocks: list[Block] = [Heading("Test: the chosen run of each family", 2),
                            Text(f"Each family's best run on {metric}, evaluated once on the test split.")]
-    kinds = {fam: task_kind(e) for fam, e in chosen.items()}
+    # Multi-task and instruction-tuned runs share one table: their tasks' rows compare (tables.multitask_rows).
+    kinds = {fam: "multitask" if task_kind(e) in PER_TASK else task_kind(e) for fam, e in chosen.items()}
     for kind in dict.fromkeys(kinds.values()):
         group = {fam: e for fam, e in chosen.items() if kinds[fam] == kind}
-        caption = "" if len(set(kinds.values())) == 1 else f"{kind} families"
+        names = "/".join(dict.fromkeys(task_kind(e) for e in group.values()))  # multitask/instruct: one table
+        caption = "" if len(set(kinds.values())) == 1 else f"{names} families"
         if kind == "classification":
             table = tables.test_table(group, keys, metrics[next(iter(group))])
             table.caption = caption
@@ -214,10 +220,10 @@ def _data_names(e: Entry) -> list[str]:
 
 def _examples(fam: str, e: Entry, keys: list[str], k: int, seed: int) -> list[Block]:
     head = Heading(f"{fam} ({hyper_label(e, keys)})", 3)
-    if not is_multitask(e):
+    if not parts(e):
         return [head, *_prediction_examples(e, predictions_file("test"), k, seed)]
     blocks: list[Block] = [head]
-    for p in parts(e):  # a multi-task run: each task's own prediction file
+    for p in parts(e):  # a per-task run: each task's own prediction file
         blocks += [Text(f"Task **{p.name}**:"), *_prediction_examples(e, predictions_file("test", p.name), k, seed)]
     return blocks
 

@@ -18,6 +18,9 @@ from ..experiments.settings import flatten, labels
 from ..models import is_classic
 from ..runs import METRICS, READ_ERRORS, Run, find_runs, read_history, unreadable
 from ..tasks import HIGHER_IS_BETTER, SCORE, TASKS
+from ..tasks.instruct import labels_of
+from ..tasks.instruct import parts as instruct_parts
+from ..tasks.multitask import Part
 
 # Config keys that never distinguish runs in a table (where the data lives, how many threads ran).
 IGNORED_KEYS = {"data.data_dir", "train.threads", "train.device", "train.checkpoint"}
@@ -114,8 +117,8 @@ def collect(dirs: list[str | Path], warn: Callable[[str], None] = warn_stderr) -
     datasets = {data_name(e) for e in entries}
     models = {e.run.config.model.name for e in entries}
     for e in entries:
-        # A multi-task run always names its tasks: it must never share a family with single-task runs.
-        prefix = [Path(data_name(e)).name] if len(datasets) > 1 or is_multitask(e) else []
+        # A per-task run always names its data: it must never share a family with single-task runs.
+        prefix = [Path(data_name(e)).name] if len(datasets) > 1 or task_kind(e) in PER_TASK else []
         model = e.run.config.model.name
         if is_classic(model):  # a classic model is its own family (its method is always `full`)
             e.family = " · ".join(prefix + [f"{model} (classic)"])
@@ -143,15 +146,26 @@ def data_name(e: Entry) -> str:
     multi-task run: its task names (its own data.name is not what it trains on)."""
     if is_multitask(e):
         return "multi-task: " + " + ".join(t.name for t in e.run.config.multitask.tasks)
-    return e.metrics.get("retrained", {}).get("source_data") or e.run.config.data.name
+    name = e.metrics.get("retrained", {}).get("source_data") or e.run.config.data.name
+    return f"instructions: {Path(name).name}" if is_instruct(e) else name
 
 
 def is_multitask(e: Entry) -> bool:
     return e.run is not None and e.run.config.is_multitask
 
 
+def is_instruct(e: Entry) -> bool:
+    """An instruction-tuned decoder run: one model answering several instruction tasks (data.task: instruct)."""
+    return e.run is not None and not e.run.config.is_multitask and e.run.config.data.task == "instruct"
+
+
+PER_TASK = ("multitask", "instruct")
+"""Kinds whose metrics are per task (metrics[split][task]), with an overall ``score``: their tables compare."""
+
+
 def task_kind(e: Entry) -> str:
-    """classification, regression, multilabel or multitask: which rows, sections and metrics suit the run."""
+    """classification, regression, multilabel, multitask or instruct: which rows, sections and metrics suit the
+    run."""
     if e.run is None:  # metrics alone: the report's original, classification
         return "classification"
     return "multitask" if e.run.config.is_multitask else (e.run.config.data.task or "classification")
@@ -161,6 +175,8 @@ def metrics_of(kind: str) -> set[str]:
     """The validation metrics a run of this kind can be chosen on (a multi-task run has no overall loss)."""
     if kind == "multitask":
         return {SCORE}
+    if kind == "instruct":  # the answers' loss (its checkpoints' default), or the mean of the tasks' metrics
+        return {SCORE, "loss"}
     return {*TASKS.get(kind).metrics_higher_is_better, "loss"}
 
 
@@ -169,9 +185,62 @@ def is_percent(metric: str) -> bool:
     return any(metric in TASKS.get(k).metrics_higher_is_better for k in ("classification", "multilabel"))
 
 
-def parts(e: Entry) -> list:
-    """A multi-task run's tasks (``emotune.tasks.multitask.Part``: name, task, labels, metric); [] otherwise."""
-    return e.run.task.parts if is_multitask(e) else []
+def parts(e: Entry) -> list[Part]:
+    """A per-task run's tasks (``emotune.tasks.multitask.Part``: name, task, labels, metric): a multi-task run's,
+    or an instruction-tuned run's instruction tasks (``vad_V``...) as the same Parts; [] otherwise."""
+    if is_multitask(e):
+        return e.run.task.parts
+    if not is_instruct(e):
+        return []
+    state = e.run.task_state or {}
+    return [Part(name, TASKS.get(desc["type"]), labels_of(name, desc), cols,
+                 desc.get("metric") or TASKS.get(desc["type"]).default_metric)
+            for name, desc, cols in instruct_parts(state)]
+
+
+def instruct_tasks(e: Entry) -> dict[str, dict]:
+    """An instruction-tuned run's tasks as task_state.json describes them (type, source, target...); {} else."""
+    return ((e.run.task_state or {}).get("tasks") or {}) if is_instruct(e) else {}
+
+
+def row_key(p: Part, described: dict[str, dict]) -> tuple[str, str | None]:
+    """The (task, target) row a task fills: a multi-task run's task by its name; an instruction task under the task
+    it was built from (``vad_V`` -> ("vad", "V")), so that both kinds of run share rows."""
+    desc = described.get(p.name)
+    return (p.name, None) if desc is None else (desc.get("source") or p.name, desc.get("target"))
+
+
+def task_figures(e: Entry, split: str) -> dict[tuple[str, str | None], dict]:
+    """A per-task run's figures on a split by row (``row_key``); a regression task fills its targets' rows too, and
+    a source's targets answered one by one (instructions) fill the source's row with their mean, as a multi-task
+    run reports a regression task."""
+    out: dict[tuple[str, str | None], dict] = {}
+    described = instruct_tasks(e)
+    for p in parts(e):
+        got = e.value(split, p.name)
+        if not isinstance(got, dict):
+            continue
+        task, target = row_key(p, described)
+        out[(task, target)] = got
+        if target is None:
+            out.update({(task, t): v for t, v in (got.get("per_target") or {}).items()})
+    for source in {s for s, t in out if t is not None and (s, None) not in out}:
+        targets = [v for (s, t), v in out.items() if s == source and t is not None]
+        keys = set.intersection(*[{k for k, x in v.items() if isinstance(x, (int, float))} for v in targets])
+        out[(source, None)] = {k: sum(v[k] for v in targets) / len(targets) for k in keys}
+    return out
+
+
+def task_rows_of(e: Entry) -> dict[tuple[str, str | None], str]:
+    """(task, target) -> the task's selection metric: the rows a per-task run fills, in its tasks' order."""
+    out: dict[tuple[str, str | None], str] = {}
+    described = instruct_tasks(e)
+    for p in parts(e):
+        task, target = row_key(p, described)
+        out.setdefault((task, None), p.metric)
+        targets = [target] if target else (p.labels if p.task.name == "regression" else [])
+        out.update({(task, t): p.metric for t in targets})
+    return out
 
 
 def family_metric(entries: list[Entry], metric: str) -> str:
@@ -184,7 +253,7 @@ def family_metric(entries: list[Entry], metric: str) -> str:
     own = {e.run.config.train.metric for e in entries if e.run is not None}
     if len(own) == 1 and (m := own.pop()) in metrics_of(kind):
         return m
-    return SCORE if kind == "multitask" else TASKS.get(kind).default_metric
+    return SCORE if kind == "multitask" else TASKS.get(kind).default_metric  # instruct: its answers' loss
 
 
 def slug(text: str) -> str:

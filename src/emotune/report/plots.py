@@ -101,10 +101,13 @@ def curves_plot(entries: list[Entry], keys: list[str], chosen: Entry, path: Path
         steps = [h["step"] for h in e.history]
         label = hyper_label(e, keys) + (" ★" if e is chosen else "")
         width = 2.2 if e is chosen else 1.2
-        left.plot(steps, [scale * h["validation"][metric] for h in e.history], marker="o", markersize=3,
-                  color=colour, linewidth=width, label=label)
+        # A run chosen on another metric than it evaluated during training (an instruction-tuned run trained on
+        # its answers' loss, reported on score) has no curve of it: only its losses are drawn.
+        scored = [h for h in e.history if metric in h["validation"]]
+        left.plot([h["step"] for h in scored], [scale * h["validation"][metric] for h in scored], marker="o",
+                  markersize=3, color=colour, linewidth=width, label=label)
         best = e.value("train", "best_step")
-        best_h = next((h for h in e.history if h["step"] == best), None)
+        best_h = next((h for h in scored if h["step"] == best), None)
         if best_h is not None:
             left.scatter([best], [scale * best_h["validation"][metric]], s=70, facecolors="none", edgecolors=colour,
                          linewidths=1.5, zorder=3)

@@ -31,6 +31,8 @@ class Table:
     caption: str = ""
     align: list[str] = field(default_factory=list)
     """Per column: ``l`` or ``r`` (default: first column left, the rest right)."""
+    plain: list[int] = field(default_factory=list)
+    """Columns of free text (texts from the data): shown as written, their Markdown characters escaped."""
 
     def alignment(self) -> list[str]:
         return self.align or ["l"] + ["r"] * (len(self.columns) - 1)
@@ -51,6 +53,15 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def md_escape(text: str) -> str:
+    """A data text that Markdown must not format (``*``, ``_``, backticks, brackets, HTML tags...)."""
+    return re.sub(r"([\\`*_\[\]<>~&])", r"\\\1", str(text))
+
+
+def _md_row(cells: list[str], plain: list[int]) -> str:
+    return "| " + " | ".join(_md_cell(md_escape(c) if i in plain else c) for i, c in enumerate(cells)) + " |"
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out: list[str] = []
     for b in blocks:
@@ -64,7 +75,7 @@ def to_markdown(blocks: list[Block]) -> str:
                 lines.append(f"*{b.caption}*\n")
             lines.append("| " + " | ".join(_md_cell(c) for c in b.columns) + " |")
             lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in b.alignment()) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            lines += [_md_row(row, b.plain) for row in b.rows]
             out.append("\n".join(lines))
         elif isinstance(b, Figure):
             out.append(f"![{b.caption}]({b.path.name})\n\n*{b.caption}*")
@@ -109,8 +120,8 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(b, Table):
             align = b.alignment()
             rows = ["<tr>" + "".join(f'<th class="{a}">{_inline(c)}</th>' for c, a in zip(b.columns, align)) + "</tr>"]
-            rows += ["<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>' for c, a in zip(row, align)) + "</tr>"
-                     for row in b.rows]
+            rows += ["<tr>" + "".join(f'<td class="{a}">{html.escape(str(c)) if i in b.plain else _inline(c)}</td>'
+                                      for i, (c, a) in enumerate(zip(row, align))) + "</tr>" for row in b.rows]
             caption = f"<caption>{_inline(b.caption)}</caption>" if b.caption else ""
             body.append(f"<table>{caption}{''.join(rows)}</table>")
         elif isinstance(b, Figure):

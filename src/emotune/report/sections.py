@@ -1,6 +1,6 @@
 """The report's sections for task types other than single-label classification: per-target tables and plots of
-regression runs, per-label F1 of multi-label runs, per-task tables of multi-task runs (their regression and
-multi-label tasks get the same detail) and multi-task against single-task runs on the same data.
+regression runs, per-label F1 of multi-label runs, per-task tables of multi-task and instruction-tuned runs (their
+regression and multi-label tasks get the same detail) and multi-task against single-task runs on the same data.
 
 Only chosen runs are shown, on validation and on test (they were chosen on validation; nothing here chooses)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from ..runs import predictions_file
 from . import plots, tables
-from .collect import Entry, parts, slug, task_kind
+from .collect import PER_TASK, Entry, parts, slug, task_kind
 from .render import Block, Figure, Heading, Table, Text
 
 DETAILED = ("regression", "multilabel")  # the task types with a section of their own
@@ -25,10 +25,10 @@ def task_sections(chosen: dict[str, Entry], out: Path) -> tuple[list[Block], lis
     figures: list[Path] = []
     for fam, e in chosen.items():
         kind = task_kind(e)
-        if kind not in (*DETAILED, "multitask"):
+        if kind not in (*DETAILED, *PER_TASK):
             continue
         blocks.append(Heading(f"Chosen run in detail: {fam}", 2))
-        if kind == "multitask":
+        if kind in PER_TASK:
             more, figs = _multitask(fam, e, out)
         else:
             more, figs = _detail(kind, e.metrics, e.run.labels, e.path, None, f"{fam}", slug(fam), out)
@@ -38,9 +38,12 @@ def task_sections(chosen: dict[str, Entry], out: Path) -> tuple[list[Block], lis
 
 
 def _multitask(fam: str, e: Entry, out: Path) -> tuple[list[Block], list[Path]]:
-    """The per-task table, then the detail of each regression or multi-label task."""
-    blocks: list[Block] = [Text(f"`{e.name}`: each task's selection metric; the run was chosen on the mean of "
-                                "them (score, errors counted negated)."), tables.per_task_table(e)]
+    """The per-task tables, then the detail of each regression or multi-label task (of a multi-task run, or of an
+    instruction-tuned run: its instruction tasks, each regression target one)."""
+    what = ("each instruction task's selection metric; score is their mean (errors counted negated)" if
+            task_kind(e) == "instruct" else
+            "each task's selection metric; the run was chosen on the mean of them (score, errors counted negated)")
+    blocks: list[Block] = [Text(f"`{e.name}`: {what}."), tables.per_task_table(e), tables.task_figures_table(e)]
     figures: list[Path] = []
     split = "test" if "test" in e.metrics else "validation"
     matrices = [(f"task {p.name}\n{split} accuracy {100 * e.metrics[split][p.name]['accuracy']:.2f}%",
@@ -138,7 +141,7 @@ def versus_rows(chosen: dict[str, Entry]) -> list[dict]:
     """Per task of each chosen multi-task run, each chosen single-task run on the same data: both on the task's
     selection metric, validation and test."""
     singles = {fam: data_key(e.run.config.data) for fam, e in chosen.items()
-               if e.run is not None and task_kind(e) != "multitask"}
+               if e.run is not None and task_kind(e) not in PER_TASK}
     rows = []
     for mfam, m in chosen.items():
         if task_kind(m) != "multitask":

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..runs import BEST
+from ..tasks import TASKS
 from ..tasks.multilabel import SEP
-from .collect import Entry, hyper_label, is_percent, parts, task_kind
+from .collect import PER_TASK, Entry, hyper_label, is_percent, parts, task_figures, task_kind, task_rows_of
 from .render import Table
 
 Row = tuple[str, Callable[[Entry], Any]]
@@ -90,15 +91,37 @@ def multilabel_rows(split: str, prefix: str = "") -> list[Row]:
 
 
 def multitask_rows(split: str, entries: list[Entry], prefix: str = "") -> list[Row]:
-    """The overall score, then every task's selection metric (tasks in the runs' order)."""
-    tasks = {p.name: p.metric for e in entries for p in parts(e)}
-    return [(f"{prefix}score (mean of the tasks' metrics)", lambda e: num(e.value(split, "score"))),
-            *[(f"{prefix}{name}: {metric_name(m)}", lambda e, n=name, m=m: fmt(m, task_value(e, split, n, m)))
-              for name, m in tasks.items()]]
+    """The overall score (and the answers' loss of instruction-tuned runs), then every task's selection metric,
+    a regression task's targets one by one too; instruction tasks sit on the rows of the tasks they were built
+    from (``task_figures``), so multi-task and instruction-tuned runs compare row by row."""
+    tasks: dict[tuple[str, str | None], str] = {}
+    for e in entries:
+        for key, metric in task_rows_of(e).items():
+            tasks.setdefault(key, metric)
+    rows: list[Row] = [(f"{prefix}score (mean of the tasks' metrics)", lambda e: num(e.value(split, "score")))]
+    if any(e.value(split, "loss") is not None for e in entries):
+        rows.append((f"{prefix}loss (answer tokens)", lambda e: num(e.value(split, "loss"))))
+    return rows + [(f"{prefix}{task_label(key, m)}",
+                    lambda e, k=key, m=m: fmt(m, task_figures(e, split).get(k, {}).get(m))) for key, m in tasks.items()]
+
+
+def task_label(key: tuple[str, str | None], metric: str) -> str:
+    """``emotion: accuracy (%)``, ``vad: pearson (mean of targets)``, ``vad V: pearson``."""
+    task, target = key
+    mean = target is None and metric in TASKS.get("regression").metrics_higher_is_better
+    return f"{task}{'' if target is None else ' ' + target}: {metric_name(metric)}" + (
+        " (mean of targets)" if mean else "")
+
+
+def speed_rows(entries: list[Entry], split: str = "test") -> list[Row]:
+    """Inference speed where a run measured it (instruction-tuned runs: scored answers per second)."""
+    if not any(e.value(split, "answers_per_s") is not None for e in entries):
+        return []
+    return [(f"{split} answers/s (instruction tasks)", lambda e: num(e.value(split, "answers_per_s"), 1))]
 
 
 def task_value(e: Entry, split: str, task: str, key: str) -> Any:
-    """One task's figure of a multi-task run (metrics[split][task][key])."""
+    """One task's figure of a per-task run (metrics[split][task][key])."""
     return (e.value(split, task) or {}).get(key)
 
 
@@ -108,7 +131,7 @@ def kind_rows(kind: str, split: str, entries: list[Entry], prefix: str = "") -> 
         return regression_rows(split, prefix)
     if kind == "multilabel":
         return multilabel_rows(split, prefix)
-    if kind == "multitask":
+    if kind in PER_TASK:
         return multitask_rows(split, entries, prefix)
     return quality_rows(split, prefix) + sentiment_rows(split, entries, prefix)
 
@@ -142,7 +165,7 @@ def test_table(chosen: dict[str, Entry], keys: dict[str, list[str]], metric: str
                         lambda e: num(e.value("validation", metric)) if metric == "loss"
                         else pct(e.value("validation", metric)))]
     rows += quality_rows("test", "test ") + [("test F1 (macro, %)", lambda e: pct(e.value("test", "f1_macro")))]
-    rows += sentiment_rows("test", entries, "test ")
+    rows += sentiment_rows("test", entries, "test ") + speed_rows(entries)
     rows += [r for r in train_rows(entries) if r[0] != "steps"] + [("run folder", lambda e: f"`{e.name}`")]
     return columns_table(entries, list(chosen), rows)
 
@@ -158,7 +181,7 @@ def kind_test_table(chosen: dict[str, Entry], keys: dict[str, list[str]], metric
 
     rows: list[Row] = [("chosen run", lambda e: hyper_label(e, keys[e.family])),
                        ("validation selection metric", chosen_on)]
-    rows += kind_rows(kind, "test", entries, "test ")
+    rows += kind_rows(kind, "test", entries, "test ") + speed_rows(entries)
     rows += [r for r in train_rows(entries) if r[0] != "steps"] + [("run folder", lambda e: f"`{e.name}`")]
     return columns_table(entries, list(chosen), rows, caption)
 
@@ -196,6 +219,17 @@ def per_task_table(e: Entry) -> Table:
              fmt(p.metric, task_value(e, "test", p.name, p.metric))] for p in parts(e)]
     rows.append(["score (mean)", "", "score", num(e.value("validation", "score")), num(e.value("test", "score"))])
     return Table(["task", "type", "metric", "validation", "test"], rows, align=["l", "l", "l", "r", "r"])
+
+
+def task_figures_table(e: Entry) -> Table:
+    """A per-task run: every figure its tasks' type offers, on validation and test (one row per task and figure)."""
+    def row(name: str, m: str) -> list[str]:
+        return [name, metric_name(m), *[fmt(m, task_value(e, s, name, m)) for s in ("validation", "test")]]
+
+    rows = [row(p.name, m) for p in parts(e) for m in p.task.metrics_higher_is_better
+            if any(task_value(e, s, p.name, m) is not None for s in ("validation", "test"))]
+    return Table(["task", "figure", "validation", "test"], rows, f"`{e.name}`: every task's figures",
+                 align=["l", "l", "r", "r"])
 
 
 def versus_table(rows: list[dict]) -> Table:
