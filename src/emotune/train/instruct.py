@@ -18,6 +18,7 @@ import torch
 from ..config import RunConfig
 from ..data.encode import Encoded
 from ..data.instruct import read_instructions
+from ..errors import DataError
 from ..io import write_json, write_text
 from ..models.causal import InstructLM, InstructTokenizer
 from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
@@ -25,6 +26,7 @@ from ..tasks import SCORE
 from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, fitted, gold, labels_of, parse, to_logits
 from .evaluate import evaluate_model
 from .loop import Trainer
+
 
 def encode_rows(tok: InstructTokenizer, rows: list[dict], max_length: int) -> Encoded:
     """Prompt + answer ids per row; the target is the answer's length (its tokens are the ones the loss reads)."""
@@ -106,9 +108,10 @@ class InstructTrainer(Trainer):
     """The loop; with ``train.metric=score`` each evaluation also answers the validation rows, so checkpoints and
     early stopping follow the tasks' own metrics instead of the answer loss."""
 
-    def __init__(self, *args, rows: list[dict], tasks: dict[str, dict], tok: InstructTokenizer, **kw):
+    def __init__(self, *args, rows: list[dict], tasks: dict[str, dict], tok: InstructTokenizer, max_length: int,
+                 **kw):
         super().__init__(*args, **kw)
-        self.rows, self.tasks, self.tok = rows, tasks, tok
+        self.rows, self.tasks, self.tok, self.max_length = rows, tasks, tok, max_length
 
     def evaluate(self) -> dict:
         metrics = super().evaluate()
@@ -135,8 +138,7 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
     trainer = InstructTrainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
                               warmup_ratio=cfg.train.warmup_ratio, pad_id=tok.pad_token_id, progress=progress,
                               on_step=on_step, on_evaluate=on_evaluate, lr_scales=lr_scales(cfg.method, model),
-                              task=INSTRUCT, rows=val, tasks=tasks, tok=tok)
-    trainer.max_length = cfg.data.max_length
+                              task=INSTRUCT, rows=val, tasks=tasks, tok=tok, max_length=cfg.data.max_length)
     result = trainer.fit()
     logits = answer_logits(trainer.model, tok, val, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
     state = fit_states(val, tasks, logits, cfg.train.calibration)
@@ -152,7 +154,7 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
 
 
 def generated_metrics(model: InstructLM, tok: InstructTokenizer, rows: list[dict], tasks: dict[str, dict],
-                      state: dict | None, max_length: int, batch_size: int) -> dict:
+                      max_length: int, batch_size: int) -> dict:
     """Free generation read by ``tasks.instruct.parse``: per task its ``parse_failure_rate`` and its task type's
     metrics over the answers that could be read (classification also ``accuracy_all``, a failure counting as
     wrong)."""
@@ -186,23 +188,20 @@ def generated_metrics(model: InstructLM, tok: InstructTokenizer, rows: list[dict
     return out
 
 
-def evaluate_instruct(run: Run, split: str, model=None, tok=None, progress: bool = False,
-                      answers: str = "scored") -> dict:
+def evaluate_instruct(run: Run, split: str, answers: str = "scored", progress: bool = False) -> dict:
     """A finished instruction-tuned run on a split of its instruction folder: the answer loss and every task's
-    metrics (at the thresholds and temperatures fitted on validation); predictions per task."""
+    metrics (at the thresholds and temperatures fitted on validation) and predictions per task; with
+    ``answers="generated"``, free generation read by a parser (``generated_metrics``)."""
     rows, _ = read_instructions(run.config.data.name)
     state = run.task_state
     tasks = state["tasks"]
     part = rows.get(split) or []
     if not part:
-        from ..errors import DataError
-
         raise DataError(f"{run.config.data.name}: no {split} examples")
-    if model is None:
-        model, tok = run.load_model()
+    model, tok = run.load_model()
     cfg = run.config
     if answers == "generated":
-        return generated_metrics(model, tok, part, tasks, state, cfg.data.max_length, cfg.train.eval_batch_size)
+        return generated_metrics(model, tok, part, tasks, cfg.data.max_length, cfg.train.eval_batch_size)
     loss, _ = evaluate_model(model, encode_rows(tok, part, cfg.data.max_length), [], cfg.train.eval_batch_size,
                              torch.device("cpu"), tok.pad_token_id, task=INSTRUCT)
     start = time.perf_counter()
