@@ -4,7 +4,8 @@
 
 RUNS holds the runs of scripts/instruct.sh: instruction-tuned decoders (``smollm2-lora-N``) and encoders trained
 on the same examples (``minilm-multitask-N``), each tested once (``emotune evaluate --split test``).
-``--zero-shot FOLDER`` scores the untrained SmolLM2 on that instruction folder with the same prompts and the
+Speed: texts per second with every task answered (a decoder answers one prompt per task; an encoder all tasks
+in one pass, measured here on the test texts, median of 3). ``--zero-shot FOLDER`` scores the untrained SmolLM2 on that instruction folder with the same prompts and the
 same constrained answers (multi-label thresholds and classification temperatures fitted on its validation
 split, like the trained runs'), and keeps the result as RUNS/zeroshot-smollm2-<folder>.json.
 """
@@ -43,6 +44,20 @@ def zero_shot(folder: Path, max_length: int = 128, batch_size: int = 16) -> dict
             "test": {"answers_per_s": speed, **task_metrics(rows["test"], tasks, test, state)}}
 
 
+def encoder_texts_per_s(run, texts: list[str]) -> float:
+    """An encoder run's prediction speed on ``texts`` (every task answered per text; median of 3 passes)."""
+    from emotune.inference.predictor import Predictor
+
+    predictor = Predictor(run)
+    predictor.predict(texts[:16])  # warm-up
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        predictor.predict(texts)
+        times.append(time.perf_counter() - start)
+    return len(texts) / sorted(times)[1]
+
+
 def value(test: dict, task: str, metric: str):
     """A test metric of an instruction task, from either kind of run (an encoder keeps V/A/D under `vad`)."""
     if task in test:
@@ -64,11 +79,17 @@ def main() -> None:
             cache.write_text(json.dumps(zero_shot(folder), indent=1))
     for cache in sorted(args.runs.glob("zeroshot-smollm2-*.json")):
         got = json.loads(cache.read_text())
-        columns[cache.stem] = {"test": got["test"], "train": {}}
+        columns[cache.stem] = {"test": got["test"], "train": {}, "texts_per_s": got["test"]["answers_per_s"] /
+                               (len(got["test"]) - 2)}  # its tasks: all keys but score and answers_per_s
+    texts = sorted({r["input"] for folder in args.zero_shot for r in read_instructions(folder)[0]["test"]})
     for run in find_runs(args.runs):
         m = run.metrics
         if "test" in m:
             columns[run.path.name] = {"test": m["test"], "train": m.get("train", {})}
+            if run.config.data.task == "instruct":  # one prompt per task and text
+                columns[run.path.name]["texts_per_s"] = m["test"]["answers_per_s"] / len(run.task_state["tasks"])
+            elif texts:
+                columns[run.path.name]["texts_per_s"] = encoder_texts_per_s(run, texts)
     names = list(columns)
     print("| test metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
@@ -78,8 +99,9 @@ def main() -> None:
     for key, label in (("trainable_params", "trainable parameters"), ("runtime_s", "training time (s)")):
         cells = [columns[n]["train"].get(key) for n in names]
         print(f"| {label} | " + " | ".join("" if c is None else f"{c:,.0f}" for c in cells) + " |")
-    cells = [columns[n]["test"].get("answers_per_s") for n in names]
-    print("| answers/s (test) | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
+    cells = [columns[n].get("texts_per_s") for n in names]
+    print("| texts/s, every task answered (test texts) | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells)
+          + " |")
 
 
 if __name__ == "__main__":
