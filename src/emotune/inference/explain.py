@@ -62,6 +62,9 @@ class Explainer:
             torch.set_num_threads(threads)
         if self.run.config.method.get("name") == "ensemble":
             raise ConfigError("explain works on one run, not an ensemble: explain each member")
+        if self.run.config.data.task == "instruct":
+            raise ConfigError(f"{self.run.path}: explain works on pretrained-encoder runs, not on an instruction-tuned "
+                              "decoder's answers")
         model, self.tokenizer = self.run.load_model()
         encoder = getattr(model, "encoder", None)
         if encoder is None or not hasattr(encoder, "get_input_embeddings") or not getattr(self.tokenizer, "is_fast",
