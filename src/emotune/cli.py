@@ -122,8 +122,10 @@ def print_metrics(metrics: dict, title: str, splits: tuple[str, ...] = ("validat
 @friendly
 def train(
     dataset: Optional[str] = typer.Argument(None, help="Registered data set (emotion), a CSV/TSV/JSONL file or "
-                                                       "folder, or a Hugging Face hub id; optional with a --config "
-                                                       "that names its data or tasks."),
+                                                       "folder, an instruction folder (`emotune instruct-data`; "
+                                                       "with a causal LM such as --model smollm2), or a Hugging "
+                                                       "Face hub id; optional with a --config that names its data "
+                                                       "or tasks."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write (resumed if interrupted)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; options below "
                                                                        "override it."),
@@ -142,7 +144,8 @@ def train(
     label_columns: Optional[str] = typer.Option(None, help="Multi-label: one 0/1 column per label of "
                                                            "CSV/TSV/JSONL data, comma-separated (e.g. joy,anger)."),
     model: Optional[str] = typer.Option(None, help="Encoder: minilm (default), a local folder or a hub id; or a "
-                                                   "classic model (`emotune models`: baseline, bilstm...)."),
+                                                   "classic model (`emotune models`: baseline, bilstm...); or, for "
+                                                   "instruction folders, a causal LM (smollm2, gemma-3-270m)."),
     method: Optional[str] = typer.Option(None, help="Fine-tuning method (`emotune methods`). (default: lora; "
                                                     "full for classic models)"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the method's)."),
