@@ -47,7 +47,8 @@ class DataConfig:
     cv_fold: int | None = _f(None, "Cross-validation: the fold (0-based, below data.cv_folds) used as the "
                                    "test split; the other folds are the training data. A grid axis over "
                                    "0..cv_folds-1 runs the whole cross-validation.")
-    task: str | None = _f(None, "What is predicted: classification, multilabel or regression (`emotune tasks`). "
+    task: str | None = _f(None, "What is predicted: classification, multilabel, regression or instruct "
+                                "(`emotune tasks`; instruct: an instruction folder). "
                                 "None: what the data set declares (emobank: regression, goemotions: "
                                 "multilabel), multilabel when label_columns or label_delimiter are given, "
                                 "regression when target_columns are given, else classification.")
@@ -140,14 +141,17 @@ class ModelConfig:
 
     name: str = _f("minilm", "Encoder: an alias (`minilm` = the pip-shipped all-MiniLM-L6-v2), a local "
                              "folder or any Hugging Face model id; or a classic model registered by name "
-                             "(`emotune models` lists them).")
+                             "(`emotune models` lists them); with an instruction folder, a causal LM (`smollm2`, "
+                             "`gemma-3-270m`, a folder, a .gguf file or a hub id).")
     pooling: str = _f("mean", "How token vectors become one sentence vector: `mean` (masked average, what "
                               "sentence encoders such as MiniLM were trained with), `cls` (first token) or "
                               "`pooler` (first token through the encoder's pretrained dense+tanh pooler, as in "
                               "BertForSequenceClassification).")
     dropout: float = _f(0.1, "Dropout before the classification layer.")
     options: dict[str, Any] = _f({}, "Options of a classic model (embeddings, sizes, layers...; "
-                                     "`emotune models` lists them); unused by pretrained encoders.")
+                                     "`emotune models` lists them); of an instruction-tuned decoder: `system` (its "
+                                     "system message) and `format` (the prompt of a model without a chat template, "
+                                     "with {instruction} and {input}); unused by pretrained encoders.")
     lexicon: str | None = _f(None, "`nrc`: append each text's NRC EmoLex counts (8 emotions, 2 polarities; "
                                    "a negated word's polarity flips) to the pooled sentence vector before the "
                                    "head. The lexicon is for research use only (its terms). None: no features.")
