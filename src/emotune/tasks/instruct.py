@@ -39,7 +39,7 @@ def answer_mask(counts: torch.Tensor, window: int) -> torch.Tensor:
 class Instruct(Task):
     name = "instruct"
     default_metric = "loss"
-    metrics_higher_is_better: dict[str, bool] = {}
+    metrics_higher_is_better: dict[str, bool] = {SCORE: True}
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
              kind: str | None = None) -> torch.Tensor:
