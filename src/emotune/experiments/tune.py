@@ -303,23 +303,27 @@ class QuietInterrupt(logging.Filter):
         return not (self.interrupted and "failed with value None" in record.getMessage())
 
 
-def has_metric(metrics: dict, metric: str) -> bool:
+def _find(metrics: dict, metric: str) -> tuple[Any, str | None]:
+    """(the value of ``metric``, None) or (where the walk stopped, the missing part); ``task.metric`` walks into a
+    task's figures."""
     value: Any = metrics
     for part in metric.split(".") if metric not in metrics else [metric]:
         if not isinstance(value, dict) or part not in value:
-            return False
+            return value, part
         value = value[part]
-    return True
+    return value, None
+
+
+def has_metric(metrics: dict, metric: str) -> bool:
+    return _find(metrics, metric)[1] is None
 
 
 def metric_value(metrics: dict, metric: str) -> float:
     """A validation metric by name; ``task.metric`` reads one task's figure of a multi-task run."""
-    value: Any = metrics
-    for part in metric.split(".") if metric not in metrics else [metric]:
-        if not isinstance(value, dict) or part not in value:
-            raise ConfigError(f"objective.metric {metric!r}: these runs' validation metrics have no {part!r} "
-                              f"(they have {', '.join(sorted(value)) if isinstance(value, dict) else 'none'})")
-        value = value[part]
+    value, missing = _find(metrics, metric)
+    if missing is not None:
+        raise ConfigError(f"objective.metric {metric!r}: these runs' validation metrics have no {missing!r} "
+                          f"(they have {', '.join(sorted(value)) if isinstance(value, dict) else 'none'})")
     return float(value)
 
 

@@ -230,6 +230,14 @@ class InstructTokenizer:
         return self.ids(output) + (self.end if end else [])
 
 
+def left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) with every prompt's last token in the last column, so one position continues all."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
 class InstructLM(nn.Module):
     """A causal LM as emotune trains it: the log-likelihood of each row's last ``ANSWER_WINDOW`` tokens (the
     answer sits at the end of every training sequence). The LM head runs at those positions only, a fraction
@@ -297,10 +305,8 @@ class InstructLM(nn.Module):
         self.eval()
         out: list[list[int]] = [[] for _ in prompts]
         for s in range(0, len(prompts), batch_size):
-            chunk = prompts[s:s + batch_size]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            ids, mask = left_padded(prompts[s:s + batch_size], pad_id, device)
+            width = ids.shape[1]
             got = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                               eos_token_id=stop or None, pad_token_id=pad_id, use_cache=True)
             for i, row in enumerate(got[:, width:].tolist()):
@@ -314,9 +320,7 @@ class InstructLM(nn.Module):
 
         decoder, head = self.decoder_and_head()
         device = next(self.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left-padded
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        ids, mask = left_padded(prompts, pad_id, device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, **{CACHE_KW: cache},

@@ -101,8 +101,9 @@ def multitask_rows(split: str, entries: list[Entry], prefix: str = "") -> list[R
     rows: list[Row] = [(f"{prefix}score (mean of the tasks' metrics)", lambda e: num(e.value(split, "score")))]
     if any(e.value(split, "loss") is not None for e in entries):
         rows.append((f"{prefix}loss (answer tokens)", lambda e: num(e.value(split, "loss"))))
+    figures = {id(e): task_figures(e, split) for e in entries}  # once per run, not once per row
     return rows + [(f"{prefix}{task_label(key, m)}",
-                    lambda e, k=key, m=m: fmt(m, task_figures(e, split).get(k, {}).get(m))) for key, m in tasks.items()]
+                    lambda e, k=key, m=m: fmt(m, figures[id(e)].get(k, {}).get(m))) for key, m in tasks.items()]
 
 
 def task_label(key: tuple[str, str | None], metric: str) -> str:

@@ -38,6 +38,16 @@ def encode_rows(tok: InstructTokenizer, rows: list[dict], max_length: int) -> En
     return Encoded(ids, counts)
 
 
+def of_task(rows: list[dict], name: str) -> list[dict]:
+    """The rows of one instruction task, in their order (the order of its answers' logits)."""
+    return [r for r in rows if r["task"] == name]
+
+
+def golds_of(rows: list[dict], name: str, desc: dict) -> list:
+    """One task's gold answers as its task type's targets."""
+    return gold(desc, [r["gold"] for r in of_task(rows, name)])
+
+
 def answer_logits(model: InstructLM, tok: InstructTokenizer, rows: list[dict], tasks: dict[str, dict],
                   max_length: int, batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
     """Per task present in ``rows``: what its task type's metrics read (see ``tasks.instruct.to_logits``), in
@@ -45,10 +55,11 @@ def answer_logits(model: InstructLM, tok: InstructTokenizer, rows: list[dict], t
     from ..progress import training_progress
 
     out = {}
-    present = [name for name in tasks if any(r["task"] == name for r in rows)]
     with training_progress(len(rows), progress, "answering") as bar:
-        for name in present:
-            desc, mine = tasks[name], [r for r in rows if r["task"] == name]
+        for name, desc in tasks.items():
+            mine = of_task(rows, name)
+            if not mine:
+                continue
             prompts = [tok.prompt(r["instruction"], r["input"], max_length) for r in mine]
             cands = [tok.answer(c, end=False) for c in candidates(desc)]
             out[name] = to_logits(desc, model.candidate_scores(prompts, cands, tok.pad_token_id, batch_size))
@@ -75,7 +86,7 @@ def task_metrics(rows: list[dict], tasks: dict[str, dict], logits: dict[str, tor
     out = {}
     for name, lg in logits.items():
         desc = tasks[name]
-        golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
+        golds = golds_of(rows, name, desc)
         out[name] = BY_TYPE[desc["type"]].metrics(lg, golds, labels_of(name, desc), state=fitted(state, name))
     picks = [out[name][tasks[name].get("metric") or BY_TYPE[tasks[name]["type"]].default_metric] for name in out]
     return {SCORE: sum(picks) / len(picks), **out} if picks else out
@@ -87,7 +98,7 @@ def fit_states(rows: list[dict], tasks: dict[str, dict], logits: dict[str, torch
     states = {}
     for name, lg in logits.items():
         desc = tasks[name]
-        golds = gold(desc, [r["gold"] for r in rows if r["task"] == name])
+        golds = golds_of(rows, name, desc)
         s = BY_TYPE[desc["type"]].fit_state(lg, golds, labels_of(name, desc), calibration=calibration)
         if s is not None:
             states[name] = s
@@ -98,9 +109,9 @@ def write_task_predictions(folder: Path, split: str, rows: list[dict], tasks: di
                            logits: dict[str, torch.Tensor], state: dict | None) -> None:
     for name, lg in logits.items():
         desc = tasks[name]
-        mine = [r for r in rows if r["task"] == name]
-        BY_TYPE[desc["type"]].write_predictions(folder / predictions_file(split, name), [r["input"] for r in mine],
-                                                gold(desc, [r["gold"] for r in mine]), lg, labels_of(name, desc),
+        BY_TYPE[desc["type"]].write_predictions(folder / predictions_file(split, name),
+                                                [r["input"] for r in of_task(rows, name)], golds_of(rows, name, desc),
+                                                lg, labels_of(name, desc),
                                                 state=fitted(state, name))
 
 
@@ -162,7 +173,7 @@ def generated_metrics(model: InstructLM, tok: InstructTokenizer, rows: list[dict
     stop = list(dict.fromkeys(tok.end[:1] + ([tok.tokenizer.eos_token_id] if tok.tokenizer.eos_token_id is not None
                                               else [])))
     for name, desc in tasks.items():
-        mine = [r for r in rows if r["task"] == name]
+        mine = of_task(rows, name)
         if not mine:
             continue
         prompts = [tok.prompt(r["instruction"], r["input"], max_length) for r in mine]
