@@ -78,14 +78,38 @@ def measure(n: int = 1024, threads: int | None = None) -> dict:
         torch.set_num_threads(before)
 
 
+def gpu_line(n: int = 8192, reps: int = 10) -> str:
+    """The GPU's name and its bf16/fp16/fp32 matmul TFLOP/s (mean of `reps` n x n products after warm-ups)."""
+    import torch
+
+    rates = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        a = torch.randn(n, n, device="cuda").to(dtype)
+        b = torch.randn(n, n, device="cuda").to(dtype)
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        torch.cuda.synchronize()
+        rates[name] = 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    return (f"gpu: {torch.cuda.get_device_name()}; matmul {n}x{n} TFLOP/s: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
+
+
 def machine_line(info: dict | None = None, threads: int | None = None) -> str:
-    """One line naming the machine: CPU model, torch threads and version, fp32 and bf16 matmul GFLOP/s."""
+    """One line naming the machine: CPU model, torch threads and version, fp32 and bf16 matmul GFLOP/s (and
+    the GPU's name and matmul TFLOP/s where one is present)."""
+    import torch
+
     info = info or measure(threads=threads)
-    return (
+    line = (
         f"machine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}; "
         f"matmul {info['size']}x{info['size']} median GFLOP/s: fp32 {info['fp32_gflops']:.0f}, "
         f"bf16 {info['bf16_gflops']:.0f}"
     )
+    return line + ("; " + gpu_line() if torch.cuda.is_available() else "")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,17 @@ def test_padding_to_multiples_changes_nothing(runs):
     p = Predictor(runs["emo-lora"], precision="fp32", streams=1, batch_size=3)
     p.pad_multiple, p.batch_multiple = 8, 4  # what the server does to keep its set of shapes small
     assert torch.allclose(p.probabilities(TEXTS), ref, atol=1e-5)
+
+
+def test_a_run_trained_in_fp16_on_a_gpu_answers_in_float32_on_the_cpu():
+    from types import SimpleNamespace
+
+    from emotune.config import RunConfig
+    from emotune.inference.predictor import resolve_mode
+
+    cfg = RunConfig()
+    cfg.train.precision = "fp16"
+    mode = resolve_mode(None, SimpleNamespace(config=cfg), torch.device("cpu"))
+    assert mode.name == "trained-float32" and mode.weights == torch.float32
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):  # asked for explicitly: refused
+        resolve_mode("fp16", SimpleNamespace(config=cfg), torch.device("cpu"))

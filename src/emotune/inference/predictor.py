@@ -58,7 +58,9 @@ class Mode:
 
 def resolve_mode(precision: str | None, run: Run, device: torch.device) -> Mode:
     if precision is None:  # as trained: bf16 runs evaluate with bf16 weights, adapters unmerged
-        dtype = resolve_precision(run.config.train.precision, device)
+        trained = run.config.train.precision
+        # fp16 is a CUDA training mode over float32 weights: off the GPU those weights answer in float32.
+        dtype = resolve_precision("fp32" if trained == "fp16" and device.type != "cuda" else trained, device)
         return Mode(f"trained-{str(dtype).replace('torch.', '')}",
                     torch.bfloat16 if dtype == torch.bfloat16 else torch.float32, dtype, merge=False)
     if precision == "auto":
