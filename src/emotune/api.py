@@ -12,6 +12,7 @@ from .data import load_data
 from .data.encode import Encoded, encode
 from .inference.evaluate import evaluate, recalibrate
 from .inference.predictor import Predictor
+from .inference.stream import predict_file
 from .io import write_json, write_text
 from .models.lexicon import lexicon_record
 from .models.vocab import WordTokenizer
@@ -178,4 +179,5 @@ def list_runs(root: str | Path = "runs", on_error: Callable[[Path, str], None] |
     return rows
 
 
-__all__ = ["Predictor", "evaluate", "explain", "recalibrate", "list_runs", "predict", "resolve_config", "train"]
+__all__ = ["Predictor", "evaluate", "explain", "recalibrate", "list_runs", "predict", "predict_file",
+           "resolve_config", "train"]

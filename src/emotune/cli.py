@@ -349,8 +349,16 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     texts: list[str] = typer.Argument(None, help="Texts to classify."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read texts from a file, one per line "
-                                                                   "('-' for standard input)."),
+                                                                   "('-' for standard input; blank lines skipped)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: label and every class probability."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Stream --file's predictions to this JSON-lines "
+                                                                      "file in chunks (one record per text, with its "
+                                                                      "0-based input `line`); an existing one is "
+                                                                      "resumed."),
+    chunk: int = typer.Option(4096, help="With --out: input lines read, predicted and written at a time."),
+    shard: Optional[str] = typer.Option(None, help="With --out: predict only the input lines whose 0-based number "
+                                                   "% N == i, given as i/N (e.g. 0/2 and 1/2 in two processes)."),
+    progress: bool = typer.Option(True, help="With --out: a progress line (texts/s) per chunk on stderr."),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 (bf16 weights), bf16-autocast, int8 (dynamic "
                                                        "quantization) or auto (default: as the run trained)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: every core)."),
@@ -364,23 +372,44 @@ def predict(
     min_confidence: Optional[float] = typer.Option(None, help="Abstain below this top (calibrated) probability: "
                                                               "the label becomes `uncertain` (0-1)."),
 ):
-    """Classify texts with a trained run."""
+    """Classify texts with a trained run; with --file and --out, stream a corpus of any size to a JSON-lines file."""
     from . import api
     from .data.base import read_text, split_lines
-    from .errors import DataError
+    from .errors import ConfigError, DataError
 
+    def load() -> api.Predictor:
+        predictor = api.Predictor(run_dir, precision=precision, threads=threads, batch_size=batch_size,
+                                  streams=streams, compile=compile_, unfinished=unfinished)
+        if not predictor.run.complete:
+            err.print(f"warning: {escape(str(run_dir))} has not finished training; predicting with its best weights "
+                      f"so far (step {predictor.step})", highlight=False, soft_wrap=True)
+        return predictor
+
+    if out_file is not None or shard is not None:
+        from .inference.stream import parse_shard
+
+        if out_file is None:
+            raise ConfigError("--shard needs --out (the JSON-lines file a shard's predictions stream to)")
+        if file is None or texts:
+            raise ConfigError("--out streams the texts of --file (a path, or - for standard input); pass them there")
+        summary = api.predict_file(load, str(file), out_file, parse_shard(shard) if shard else (0, 1), chunk,
+                                   min_confidence, progress)
+        if summary["complete"]:
+            out.print(f"{escape(str(out_file))} is complete: {summary['skipped']:,} predictions; nothing to do",
+                      highlight=False, soft_wrap=True)
+        else:
+            n, rate, rss = summary["texts"], summary["texts_per_s"], summary["peak_rss_mb"]
+            out.print(f"predicted {n:,} texts in {summary['seconds']:.1f} s ({rate:,.1f} texts/s; "
+                      f"{summary['skipped']:,} already in {escape(str(out_file))}); peak RSS {rss:,.0f} MB",
+                      highlight=False, soft_wrap=True)
+        return
     items = list(texts or [])
     if file is not None:
         lines = split_lines(sys.stdin.read()) if str(file) == "-" else read_text(file)
         items += [line for line in lines if line.strip()]
     if not items:
         raise DataError("no texts given: pass them as arguments or with --file")
-    predictor = api.Predictor(run_dir, precision=precision, threads=threads, batch_size=batch_size,
-                              streams=streams, compile=compile_, unfinished=unfinished)
-    if not predictor.run.complete:
-        err.print(f"warning: {escape(str(run_dir))} has not finished training; predicting with its best weights "
-                  f"so far (step {predictor.step})", highlight=False, soft_wrap=True)
-    results = predictor.predict(items, min_confidence=min_confidence)
+    results = load().predict(items, min_confidence=min_confidence)
     if as_json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return
