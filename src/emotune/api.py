@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,18 +50,26 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress:
         from .workflows.built import write_built_run
 
         return write_built_run(cfg, out, overwrite=overwrite, progress=progress)
+    from .train.distributed import processes
+
     out = Path(out)
     cfg = resolve_config(cfg)
-    with run_lock(out, "emotune train"):
-        work = prepare_run_dir(cfg, out, overwrite)  # out itself, or a staging folder with overwrite
-        metrics = _train_into(cfg, work, progress, on_step, on_evaluate)
-        if work != out:
+    procs = processes()  # data-parallel under torchrun / accelerate launch: the main process owns the folder
+    with ExitStack() as held:
+        def prepare() -> Path:  # out itself, or a staging folder with overwrite
+            held.enter_context(run_lock(out, "emotune train"))
+            return prepare_run_dir(cfg, out, overwrite)
+
+        work = procs.from_main(prepare)
+        metrics = _train_into(cfg, work, progress and procs.main, on_step, on_evaluate)
+        if work != out and procs.main:
             replace_dir(work, out)
-    return metrics
+    return procs.broadcast(metrics)  # every process returns the main one's metrics
 
 
 def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate) -> dict:
     from .methods import lr_scales
+    from .train.distributed import processes
 
     if cfg.is_multitask:  # one shared encoder, a head per task, each task's own data
         from .train.multitask import train_multitask
@@ -86,13 +95,15 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     model, tokenizer, _ = build_model(cfg, len(data.label_names), texts=train_split.texts, targets=targets)
     if getattr(model, "head", None) is not None:  # multilabel: biases at the labels' priors
         task.init_head(model.head, train_split.labels)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG, cfg.to_yaml())
-    write_json(out / LABELS, data.label_names)
-    if targets is not None:
-        write_json(out / TARGETS, targets)
-    if isinstance(tokenizer, WordTokenizer):
-        tokenizer.save(out / VOCAB)
+    main = processes().main  # data-parallel: one process writes the folder
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CONFIG, cfg.to_yaml())
+        write_json(out / LABELS, data.label_names)
+        if targets is not None:
+            write_json(out / TARGETS, targets)
+        if isinstance(tokenizer, WordTokenizer):
+            tokenizer.save(out / VOCAB)
     texts, labels, distill, teaching = list(train_split.texts), list(train_split.labels), None, {}
     if cfg.train.teacher:  # knowledge distillation: the teachers' targets per training text, computed once
         texts, labels, distill, teaching = _teaching(cfg, texts, labels, data.label_names, task, progress)
@@ -108,6 +119,8 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
                       lr_scales=lr_scales(cfg.method, model), task=task, augment=augment, distill=distill)
     result: TrainResult = trainer.fit()
+    if not main:  # the other processes are done: the main one writes what follows
+        return {}
     # The best weights are back in the model: keep its validation predictions (reload checks use them).
     _, logits = evaluate_model(trainer.model, enc_val, data.label_names, cfg.train.eval_batch_size,
                                trainer.device, tokenizer.pad_token_id or 0, trainer.dtype, trainer.task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -31,13 +32,20 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except EmotuneError as e:
-            err.print(f"[red]error:[/red] {escape(_one_line(str(e)))}", highlight=False, soft_wrap=True)
+            if _main_process():  # data-parallel processes share their errors: one line, not one per process
+                err.print(f"[red]error:[/red] {escape(_one_line(str(e)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Interrupted as e:
-            err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
+            if _main_process():
+                err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _main_process() -> bool:
+    """False in the other processes of a data-parallel run (torchrun / accelerate launch set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _one_line(text: str) -> str:
@@ -163,12 +171,24 @@ def train(
     test: bool = typer.Option(False, "--test", help="Evaluate the best checkpoint on the test split when done."),
     overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    processes: Optional[int] = typer.Option(None, "--processes", help="Train data-parallel in N processes on this "
+                                            "machine, started through torchrun (on the CPU one thread each; "
+                                            "the batch size stays the global one). Under torchrun or "
+                                            "accelerate launch, leave it out."),
 ):
     """Train a classifier; the run folder gets the config, metrics, history and best weights."""
     from . import api
     from .config import RunConfig
 
     from .errors import ConfigError
+    from .train.distributed import accelerate_cpu_processes, launch
+
+    n = processes if processes is not None else accelerate_cpu_processes()
+    if n is not None and n < 1:
+        raise ConfigError(f"--processes must be at least 1, got {n}")
+    if n and n > 1 and "WORLD_SIZE" not in os.environ:  # start the N processes, each running this command
+        launch(n, _without_option(sys.argv[1:], "--processes"))
+        return
 
     if dataset is None and config is None:
         raise ConfigError("name a data set (e.g. `emotune train emotion --out runs/x`) or pass --config")
@@ -191,12 +211,27 @@ def train(
     cfg = cfg.override(list(set_))  # --set values are YAML: lists, mappings, null
     from .runs import CHECKPOINT
 
-    if (out_dir / CHECKPOINT).exists() and not overwrite:
+    if (out_dir / CHECKPOINT).exists() and not overwrite and _main_process():
         err.print(f"resuming the interrupted run in {escape(str(out_dir))}", highlight=False)
     metrics = api.train(cfg, out_dir, overwrite=overwrite, progress=progress)
+    if not _main_process():  # data-parallel: the main process tests and prints
+        return
     if test:
         metrics["test"] = api.evaluate(out_dir, "test")
     print_metrics(metrics, f"{out_dir}")
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 @app.command("instruct-data")

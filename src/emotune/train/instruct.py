@@ -24,6 +24,7 @@ from ..models.causal import InstructLM, InstructTokenizer
 from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
 from ..tasks import SCORE
 from ..tasks.instruct import BY_TYPE, INSTRUCT, candidates, fitted, gold, labels_of, parse, to_logits
+from .distributed import processes
 from .evaluate import evaluate_model
 from .loop import Trainer
 
@@ -126,11 +127,13 @@ class InstructTrainer(Trainer):
 
     def evaluate(self) -> dict:
         metrics = super().evaluate()
-        if self.cfg.metric == SCORE:
-            logits = answer_logits(self.model, self.tok, self.rows, self.tasks, self.max_length,
-                                   self.cfg.eval_batch_size)
-            state = fit_states(self.rows, self.tasks, logits, None)  # thresholds only: no calibration needed
-            metrics.update(task_metrics(self.rows, self.tasks, logits, state))
+        if self.cfg.metric == SCORE:  # answered by the main process (data-parallel: the others wait for it)
+            def score() -> dict:
+                logits = answer_logits(self.model, self.tok, self.rows, self.tasks, self.max_length,
+                                       self.cfg.eval_batch_size)
+                state = fit_states(self.rows, self.tasks, logits, None)  # thresholds only: no calibration needed
+                return task_metrics(self.rows, self.tasks, logits, state)
+            metrics.update(self.procs.from_main(score))
         return metrics
 
 
@@ -141,9 +144,11 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
     rows, tasks = read_instructions(cfg.data.name)
     labels = {name: labels_of(name, desc) for name, desc in tasks.items()}
     model, tok, _ = build_model(cfg, 0)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG, cfg.to_yaml())
-    write_json(out / LABELS, labels)
+    main = processes().main  # data-parallel: one process writes the folder
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CONFIG, cfg.to_yaml())
+        write_json(out / LABELS, labels)
     train, val = rows["train"], rows["validation"]
     enc_train, enc_val = (encode_rows(tok, r, cfg.data.max_length) for r in (train, val))
     trainer = InstructTrainer(model, enc_train, enc_val, [], cfg.train, out, lr=cfg.train.lr,
@@ -151,6 +156,8 @@ def train_instruct(cfg: RunConfig, out: Path, progress: bool = True, on_step: Ca
                               on_step=on_step, on_evaluate=on_evaluate, lr_scales=lr_scales(cfg.method, model),
                               task=INSTRUCT, rows=val, tasks=tasks, tok=tok, max_length=cfg.data.max_length)
     result = trainer.fit()
+    if not main:  # the other processes are done: the main one writes what follows
+        return {}
     logits = answer_logits(trainer.model, tok, val, tasks, cfg.data.max_length, cfg.train.eval_batch_size, progress)
     state = fit_states(val, tasks, logits, cfg.train.calibration)
     write_json(out / TASK_STATE, state)

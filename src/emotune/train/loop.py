@@ -28,10 +28,11 @@ from ..errors import ConfigError, Interrupted, RunError
 from ..io import append_jsonl, load_tensors, save_tensors
 from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
 from ..tasks import Task, is_better, task_for
-from .evaluate import evaluate_model
+from .evaluate import predict_logits
 from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 from .precision import MasterWeights, resolve_device, resolve_precision
 from .distill import Distillation
+from .distributed import local_device, processes
 from .robust import Objective, apply_mixout, model_forward
 
 
@@ -125,11 +126,17 @@ class Trainer:
         self.train_data, self.val_data, self.label_names = train, validation, label_names
         self.lr, self.warmup_ratio, self.pad_id = lr, warmup_ratio, pad_id
         self.progress, self.on_step, self.on_evaluate = progress, on_step, on_evaluate
-        self.device = resolve_device(cfg.device)
+        self.procs = processes()  # data-parallel: this process's share of each batch; one process: all of it
+        if self.procs.world > min(len(train), cfg.batch_size):
+            raise ConfigError(f"{self.procs.world} processes for {len(train)} training examples in batches of "
+                              f"{cfg.batch_size}: use at most {min(len(train), cfg.batch_size)} processes")
+        self.device = resolve_device(local_device(cfg.device))
+        self.progress = progress and self.procs.main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
+        self.procs.sync_parameters(self.model)
         if cfg.mixout:  # towards the weights as they are now: the pretrained ones
             apply_mixout(getattr(model, "encoder", model), cfg.mixout)
         self.objective = Objective(cfg, self.model)
@@ -182,7 +189,7 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
-        if not self.cfg.checkpoint:
+        if not self.cfg.checkpoint or not self.procs.main:
             return
         tensors = {f"param.{k}": v for k, v in self.masters.state_dict().items()}
         opt = self.optimizer.state_dict()
@@ -219,21 +226,36 @@ class Trainer:
         return json.loads(meta["state"])
 
     # ---- the loop ---------------------------------------------------------------------------
+    def predict(self, data: Encoded) -> torch.Tensor:
+        """``data``'s logits in order; several processes each predict a share and all get the whole."""
+        if self.procs.world == 1:
+            return predict_logits(self.model, data, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
+        mine = self.procs.shard(range(len(data)))
+        part = Encoded([data.ids[i] for i in mine], [data.labels[i] for i in mine])
+        shares = self.procs.gather((mine, predict_logits(self.model, part, self.cfg.eval_batch_size, self.device,
+                                                         self.pad_id, self.dtype)))
+        width = max(share.shape[-1] if share.ndim == 2 else 0 for _, share in shares)
+        full = torch.empty(len(data), width)
+        for idx, share in shares:
+            if idx:
+                full[idx] = share
+        return full
+
     def evaluate(self) -> dict:
-        metrics, _ = evaluate_model(self.model, self.val_data, self.label_names, self.cfg.eval_batch_size,
-                                    self.device, self.pad_id, self.dtype, self.task)
-        return metrics
+        """The validation metrics, computed once (by the main process) and shared."""
+        logits = self.predict(self.val_data)
+        return self.procs.from_main(lambda: self.task.metrics(logits, self.val_data.labels, self.label_names))
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.procs.rank)  # each replica its own dropout masks
         state = self.load_checkpoint() or {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0,
                                            "bad_evals": 0, "elapsed": 0.0, "samples": 0, "train_time": 0.0,
                                            "finished": False, "stopped_early": False}
         resumed_from = state["step"] or None
         # The log may hold evaluations after the checkpoint (a kill between the two): drop them.
         self.history = [h for h in read_history(self.out_dir) if h["step"] <= state["step"]]
-        if state["step"] == 0 or len(self.history) != len(read_history(self.out_dir)):
+        if self.procs.main and (state["step"] == 0 or len(self.history) != len(read_history(self.out_dir))):
             write_history(self.out_dir, self.history)
         start = time.perf_counter() - state["elapsed"]
         loss_sum, loss_n = 0.0, 0
@@ -268,7 +290,7 @@ class Trainer:
                     else:
                         bar.update(completed=state["step"], loss=loss)
                     requested = self.on_step(state["step"]) if self.on_step else False
-                    if stop["stop"] or requested:
+                    if self.procs.any(stop["stop"] or requested):
                         state["elapsed"] = time.perf_counter() - start
                         self.save_checkpoint(state)
                         raise Interrupted(state["step"], self.out_dir / CHECKPOINT, saved=self.cfg.checkpoint)
@@ -276,6 +298,7 @@ class Trainer:
                         break
 
         # Restore the best weights for whatever comes next (test evaluation, saving predictions).
+        self.procs.barrier()  # the main process has written them
         best, _ = load_tensors(self.out_dir / BEST)
         self.masters.load_state_dict(best)
         elapsed = time.perf_counter() - start
@@ -289,7 +312,7 @@ class Trainer:
             "memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "rss",
             "precision": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "lr": self.lr, "warmup_steps": self.warmup_steps, "stopped_early": stopped_early,
-            "resumed_from_step": resumed_from, **self.params,
+            "resumed_from_step": resumed_from, "processes": self.procs.world, **self.params,
         }
         if self.augment is not None:  # data.augment: copies per training text each epoch
             summary["augmented_copies"] = len(self.data_of_epoch(0)) // len(self.train_data) - 1
@@ -299,7 +322,8 @@ class Trainer:
 
     def finish(self) -> None:
         """Free the checkpoint's space once the run's final metrics are on disk."""
-        (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
+        if self.procs.main:
+            (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
 
     def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
         """The model inputs and targets of one batch (indices into the epoch's training data)."""
@@ -318,11 +342,19 @@ class Trainer:
         """R-Drop: how far two passes of a batch disagree, as the task measures it."""
         return self.task.consistency(a, b, self.class_weights)
 
-    def train_step(self, idx: list[int], step: int) -> float:
-        batch, targets = self.batch_tensors(idx)
-        loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),
-                                       lambda a, b: self.consistency(a, b, idx), self.scaler.scale)
+    def local_batch(self, idx: list[int]) -> list[int]:
+        """This process's share of a global batch (all of it with one process)."""
+        return self.procs.shard(idx) if self.procs.world > 1 else idx
+
+    def train_step(self, global_idx: list[int], step: int) -> float:
+        idx = self.local_batch(global_idx)
+        loss = 0.0
+        if idx:  # a process whose share of a short last batch is empty adds zero gradients
+            batch, targets = self.batch_tensors(idx)
+            loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),
+                                           lambda a, b: self.consistency(a, b, idx), self.scaler.scale)
         self.masters.grads_to_masters()
+        self.procs.average_grads(self.masters.masters, len(idx), len(global_idx))
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.masters.masters, self.cfg.max_grad_norm, foreach=True)
@@ -343,10 +375,12 @@ class Trainer:
                  "lr": self.lr_at(state["step"] - 1), "elapsed_s": time.perf_counter() - start,
                  "validation": metrics}
         self.history.append(entry)
-        append_jsonl(self.out_dir / HISTORY, entry)
+        if self.procs.main:
+            append_jsonl(self.out_dir / HISTORY, entry)
         if is_better(self.cfg.metric, value, state["best"]):
             state.update(best=value, best_step=state["step"], bad_evals=0)
-            save_tensors(self.out_dir / BEST, self.masters.state_dict())
+            if self.procs.main:
+                save_tensors(self.out_dir / BEST, self.masters.state_dict())
         else:
             state["bad_evals"] += 1
         if self.on_evaluate:

@@ -31,6 +31,7 @@ from ..runs import BEST, CHECKPOINT, CONFIG, HISTORY, LABELS, TARGETS, TASK_STAT
 from ..tasks import REGRESSION, MultiTask, flat_labels, target_statistics
 from .evaluate import predict_logits
 from .distill import Distillation
+from .distributed import processes
 from .loop import Trainer, TrainResult
 
 STAGES = "stages"
@@ -135,10 +136,13 @@ class MultiTaskTrainer(Trainer):
         part = self.task.part(name)
         return part.task.consistency(a[:, part.columns], b[:, part.columns], self.part_weights[name])
 
+    def local_batch(self, idx: list[int]) -> list[int]:
+        return TaskBatch(super().local_batch(idx), idx.task)  # type: ignore[attr-defined]
+
     def evaluate(self) -> dict:
-        logits = {n: predict_logits(self.model, enc, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
-                  for n, enc in self.val_sets.items()}
-        return self.task.metrics(logits, {n: enc.labels for n, enc in self.val_sets.items()}, self.label_names)
+        logits = {n: self.predict(enc) for n, enc in self.val_sets.items()}
+        gold = {n: enc.labels for n, enc in self.val_sets.items()}
+        return self.procs.from_main(lambda: self.task.metrics(logits, gold, self.label_names))
 
 
 def check_collisions(cfg: RunConfig) -> None:
@@ -167,13 +171,15 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     model, tokenizer, _ = build_model(cfg, len(labels), texts=[t for d in data.values() for t in d["train"].texts],
                                       targets=targets or None, labels=labels)
     task.init_head(model.head, {n: d["train"].labels for n, d in data.items()})  # multilabel: label priors
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG, cfg.to_yaml())
-    write_json(out / LABELS, label_sets)
-    if targets:
-        write_json(out / TARGETS, targets)
-    if isinstance(tokenizer, WordTokenizer):
-        tokenizer.save(out / VOCAB)
+    main = processes().main  # data-parallel: one process writes the folder
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CONFIG, cfg.to_yaml())
+        write_json(out / LABELS, label_sets)
+        if targets:
+            write_json(out / TARGETS, targets)
+        if isinstance(tokenizer, WordTokenizer):
+            tokenizer.save(out / VOCAB)
     pad = tokenizer.pad_token_id or 0
     enc = {split: {name: Encoded(encode(tokenizer, d[split].texts, t.data.max_length), d[split].labels)
                    for (name, d), t in zip(data.items(), cfg.multitask.tasks)} for split in ("train", "validation")}
@@ -197,7 +203,8 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
     for k, stage in enumerate(stages):
         active += stage
         folder = out if len(stages) == 1 else out / STAGES / str(k + 1)
-        folder.mkdir(parents=True, exist_ok=True)
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
         train_cfg = dataclasses.replace(cfg.train, max_steps=math.ceil(total / len(stages)), max_epochs=1e9)
         stage_cfg = dataclasses.replace(cfg, train=train_cfg)
         trainer = MultiTaskTrainer(model, {n: enc["train"][n] for n in active},
@@ -208,6 +215,8 @@ def train_multitask(cfg: RunConfig, out: Path, progress: bool = True, on_step: C
         if k:  # a stage starts from the previous stage's best weights (its own checkpoint, if any, wins in fit)
             trainer.masters.load_state_dict(load_tensors(out / STAGES / str(k) / BEST)[0])
         results.append(trainer.fit())  # a finished stage's checkpoint says so: resuming skips its training
+    if not main:  # the other processes are done: the main one writes what follows
+        return {}
     if len(stages) > 1:
         shutil.copyfile(out / STAGES / str(len(stages)) / BEST, out / BEST)
         write_text(out / HISTORY, "".join(
