@@ -102,7 +102,7 @@ def test_fgm_perturbation_has_norm_eps_per_text_and_the_loss_is_clean_plus_adver
     trainable = [p for p in model.parameters() if p.requires_grad]
     obj = _objective(model, adversarial="fgm", adversarial_eps=0.5)
     deltas: list = []
-    value = _run(model, obj, batch, labels, deltas)
+    value = float(_run(model, obj, batch, labels, deltas))
     mask = batch["attention_mask"].unsqueeze(-1).float()
     delta = deltas[1]  # the adversarial pass's perturbation
     assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((3,), 0.5), atol=1e-5)
@@ -134,7 +134,7 @@ def test_pgd_and_freelb_stay_in_the_eps_ball_and_train_on_their_steps(tiny_model
     model, batch, labels = _batch(tiny_model)
     obj = _objective(model, adversarial=kind, adversarial_eps=0.3, adversarial_steps=3)
     deltas: list = []
-    value = _run(model, obj, batch, labels, deltas)
+    value = float(_run(model, obj, batch, labels, deltas))
     passes = [d for d in deltas if d is not None]
     assert len(deltas) == (3 + 1 if kind == "pgd" else 3)  # pgd: clean + 2 inner + the adversarial pass
     for d in passes:
@@ -179,7 +179,7 @@ def test_rdrop_loss_is_the_two_passes_mean_plus_alpha_times_their_disagreement(t
     a, b = seen[0].chunk(2)  # one doubled batch: two dropout masks
     assert not torch.allclose(a, b)
     expected = 0.5 * (loss_of(a) + loss_of(b)) + 2.0 * task.consistency(a, b)
-    assert value == pytest.approx(expected.item(), rel=1e-5)
+    assert float(value) == pytest.approx(expected.item(), rel=1e-5)
 
 
 # ---- EDA ------------------------------------------------------------------------------------------------------

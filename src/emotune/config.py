@@ -152,11 +152,16 @@ class ModelConfig:
                                      "`emotune models` lists them); of an instruction-tuned decoder: `system` (its "
                                      "system message) and `format` (the prompt of a model without a chat template, "
                                      "with {instruction} and {input}); unused by pretrained encoders.")
+    attention: str | None = _f(None, "Attention kernel of a pretrained encoder: `sdpa` (PyTorch's fused "
+                                     "scaled-dot-product attention), `eager` (plain matmul + softmax) or None "
+                                     "(the Transformers default for the model: sdpa where supported).")
     lexicon: str | None = _f(None, "`nrc`: append each text's NRC EmoLex counts (8 emotions, 2 polarities; "
                                    "a negated word's polarity flips) to the pooled sentence vector before the "
                                    "head. The lexicon is for research use only (its terms). None: no features.")
 
     def __post_init__(self) -> None:
+        if self.attention not in (None, "sdpa", "eager"):
+            raise ConfigError(f"model.attention must be sdpa, eager or null, got {self.attention!r}")
         if self.lexicon not in (None, *LEXICONS):
             raise ConfigError(f"model.lexicon must be one of {', '.join(LEXICONS)} or null, got {self.lexicon!r}")
 
@@ -232,6 +237,10 @@ class TrainConfig:
     threads: int | None = _f(None, "CPU threads for PyTorch; None uses every core.")
     group_by_length: bool = _f(True, "Batch texts of similar length together (shuffled in chunks) to cut "
                                      "padding.")
+    pad_multiple: int = _f(1, "Pad each training batch to a multiple of this many tokens (8: fewer distinct "
+                              "shapes, which torch.compile and some kernels prefer); 1: to the longest text.")
+    compile: bool = _f(False, "torch.compile the model for training steps (inductor, dynamic shapes; the first "
+                              "steps compile, tens of seconds on a CPU).")
     checkpoint: bool = _f(True, "Save a resumable checkpoint at every evaluation.")
     device: str = _f("auto", "`cpu`, `cuda`, `cuda:N` or `auto`.")
 
@@ -240,7 +249,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for values out of range (a zero batch size, a negative patience...)."""
-        for name in ("batch_size", "eval_batch_size", "eval_every"):
+        for name in ("batch_size", "eval_batch_size", "eval_every", "pad_multiple"):
             _at_least(f"train.{name}", getattr(self, name), 1)
         for name in ("patience", "max_steps", "threads"):
             _at_least(f"train.{name}", getattr(self, name), 1, optional=True)

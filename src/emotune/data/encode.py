@@ -41,9 +41,9 @@ def batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, generator
     return out
 
 
-def collate(ids: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of the batch."""
-    longest = max(len(x) for x in ids)
+def collate(ids: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of the batch (rounded up to a multiple of ``multiple``)."""
+    longest = -(-max(len(x) for x in ids) // multiple) * multiple
     input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for row, x in enumerate(ids):

@@ -157,7 +157,8 @@ def build_transformer(cfg: ModelConfig, num_labels: int, task: Task | None = Non
     path = resolve_model_path(cfg.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = load_pretrained(AutoModel, path, cfg.name)
+        encoder = load_pretrained(AutoModel, path, cfg.name,
+                                  **({"attn_implementation": cfg.attention} if cfg.attention else {}))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {cfg.name!r}: {str(e).splitlines()[0]}") from None
     cap_max_length(tokenizer, position_limit(encoder.config))

@@ -140,7 +140,10 @@ class Trainer:
         if cfg.mixout:  # towards the weights as they are now: the pretrained ones
             apply_mixout(getattr(model, "encoder", model), cfg.mixout)
         self.objective = Objective(cfg, self.model)
-        self.forward = model_forward(self.model, self.device, self.dtype)
+        # train.compile: training steps through inductor (dynamic shapes: batches differ in length); evaluation
+        # and saving use the plain module, which shares its weights.
+        trained = torch.compile(self.model, dynamic=True) if cfg.compile else self.model
+        self.forward = model_forward(trained, self.device, self.dtype)
         # data.augment: the epoch's training data (the texts and their fresh augmented copies) by epoch number.
         self.augment = augment
         self.distill = distill  # train.teacher: each training row's teacher targets
@@ -258,7 +261,7 @@ class Trainer:
         if self.procs.main and (state["step"] == 0 or len(self.history) != len(read_history(self.out_dir))):
             write_history(self.out_dir, self.history)
         start = time.perf_counter() - state["elapsed"]
-        loss_sum, loss_n = 0.0, 0
+        loss_sum, loss_n = torch.zeros((), device=self.device), 0
         stopped_early = state.get("stopped_early", False)
         self.model.train()
         from ..progress import training_progress
@@ -280,15 +283,16 @@ class Trainer:
                         state["epoch"], state["batch"] = state["epoch"] + 1, 0
                     done = state["step"] >= self.total_steps
                     if state["step"] % cfg.eval_every == 0 or end_of_epoch or done:
-                        stopped_early = self._evaluate_and_keep(state, loss_sum / max(loss_n, 1), start)
-                        loss_sum, loss_n = 0.0, 0
-                        bar.update(completed=state["step"], best=state["best"], metric=cfg.metric,
+                        mean_loss = float(loss_sum) / max(loss_n, 1)  # the one read of the losses
+                        stopped_early = self._evaluate_and_keep(state, mean_loss, start)
+                        loss_sum, loss_n = torch.zeros((), device=self.device), 0
+                        bar.update(completed=state["step"], loss=mean_loss, best=state["best"], metric=cfg.metric,
                                    value=self.history[-1]["validation"][cfg.metric],
                                    epoch=state["step"] / self.steps_per_epoch)
                         if stopped_early or done:
                             break
                     else:
-                        bar.update(completed=state["step"], loss=loss)
+                        bar.update(completed=state["step"])
                     requested = self.on_step(state["step"]) if self.on_step else False
                     if self.procs.any(stop["stop"] or requested):
                         state["elapsed"] = time.perf_counter() - start
@@ -328,7 +332,7 @@ class Trainer:
     def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
         """The model inputs and targets of one batch (indices into the epoch's training data)."""
         data = self.epoch_data
-        batch = collate([data.ids[i] for i in idx], self.pad_id)
+        batch = collate([data.ids[i] for i in idx], self.pad_id, self.cfg.pad_multiple)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
 
@@ -346,9 +350,10 @@ class Trainer:
         """This process's share of a global batch (all of it with one process)."""
         return self.procs.shard(idx) if self.procs.world > 1 else idx
 
-    def train_step(self, global_idx: list[int], step: int) -> float:
+    def train_step(self, global_idx: list[int], step: int) -> torch.Tensor:
+        """One optimisation step; the batch's loss as a tensor (not read: no wait for the device)."""
         idx = self.local_batch(global_idx)
-        loss = 0.0
+        loss = torch.zeros((), device=self.device)
         if idx:  # a process whose share of a short last batch is empty adds zero gradients
             batch, targets = self.batch_tensors(idx)
             loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),

@@ -113,7 +113,8 @@ class MultiTaskTrainer(Trainer):
 
     def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
         data = self.task_data(idx.task)  # type: ignore[attr-defined]
-        batch = {k: v.to(self.device) for k, v in collate([data.ids[i] for i in idx], self.pad_id).items()}
+        batch = {k: v.to(self.device) for k, v in collate([data.ids[i] for i in idx], self.pad_id,
+                                                          self.cfg.pad_multiple).items()}
         return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
 
     def loss_of(self, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:

@@ -138,11 +138,13 @@ class Objective:
 
     def backward(self, forward: Callable[[dict], torch.Tensor], batch: dict, loss_of: Loss,
                  consistency: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 scale: Callable[[torch.Tensor], torch.Tensor]) -> float:
+                 scale: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Backpropagate the step's objective; its value as a detached tensor (reading it as a number waits for
+        the device, so the loop does that only when it reports)."""
         if self.perturbation is None:
             loss = self.clean_loss(forward, batch, loss_of, consistency)
             scale(loss).backward()
-            return loss.item()
+            return loss.detach()
         with self.perturbation.active() as pert:
             if self.cfg.adversarial == "freelb":
                 return self.freelb(pert, forward, batch, loss_of, scale)
@@ -155,7 +157,7 @@ class Objective:
         a, b = forward(doubled).chunk(2)
         return 0.5 * (loss_of(a) + loss_of(b)) + self.cfg.rdrop * consistency(a, b)
 
-    def fgm_pgd(self, pert: Perturbation, forward, batch: dict, loss_of: Loss, consistency, scale) -> float:
+    def fgm_pgd(self, pert: Perturbation, forward, batch: dict, loss_of: Loss, consistency, scale) -> torch.Tensor:
         eps, steps = self.cfg.adversarial_eps, self.cfg.adversarial_steps
         mask = batch["attention_mask"].unsqueeze(-1).float()
         n = mask.shape[0]
@@ -176,9 +178,9 @@ class Objective:
         pert.delta = delta.detach()
         adv = loss_of(forward(batch))
         scale(adv).backward()
-        return clean.item() + adv.item()
+        return (clean + adv).detach()
 
-    def freelb(self, pert: Perturbation, forward, batch: dict, loss_of: Loss, scale) -> float:
+    def freelb(self, pert: Perturbation, forward, batch: dict, loss_of: Loss, scale) -> torch.Tensor:
         """FreeLB: a random start (uniform entries times eps / sqrt(dims), the paper's initialisation), K ascent
         steps inside the eps ball; the K adversarial losses (each divided by K) train the weights."""
         eps, steps = self.cfg.adversarial_eps, self.cfg.adversarial_steps
@@ -190,12 +192,12 @@ class Objective:
             return torch.empty_like(out, dtype=torch.float32).uniform_(-1, 1) * mask * eps / dims.sqrt()
 
         pert.delta, pert.start = None, start
-        total = 0.0
+        total = torch.zeros(())
         try:
             for k in range(steps):
                 loss = loss_of(forward(batch)) / steps
                 scale(loss).backward()
-                total += loss.item()
+                total = total + loss.detach().cpu()
                 if k < steps - 1:
                     delta = pert.delta
                     pert.delta = project(delta.detach() + alpha * per_text_normalised(delta.grad, mask),
