@@ -124,3 +124,90 @@ def test_more_processes_than_examples_is_one_line(tiny_model, toy_data, tmp_path
     assert any("3 processes for 120 training examples in batches of 2: use at most 2" in ln for ln in lines), proc.stderr
     bad = _train(config, tmp_path / "run", 0)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --processes must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("switch", [{"accumulate": 3}, {"gradient_checkpointing": True}])
+def test_accumulation_and_checkpointing_train_as_the_plain_step(still_model, toy_data, tmp_path, switch):
+    from emotune import api
+
+    losses = []
+    for name, extra in (("plain", {}), ("switched", switch)):
+        cfg = tiny_config(still_model, toy_data, "lora", max_steps=10, **extra)
+        cfg.model.dropout = 0.0
+        api.train(cfg, tmp_path / name, progress=False)
+        losses.append([h["validation"]["loss"] for h in _history(tmp_path / name)])
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert losses[0][0] != pytest.approx(losses[0][-1], abs=1e-3)  # it learned
+
+
+def test_gradient_checkpointing_needs_a_transformers_model(toy_data, tmp_path):
+    from emotune import api
+    from emotune.errors import ConfigError
+
+    cfg = tiny_config("baseline", toy_data, "full", max_steps=2, gradient_checkpointing=True)
+    with pytest.raises(ConfigError, match="gradient_checkpointing needs a Transformers model"):
+        api.train(cfg, tmp_path / "run", progress=False)
+
+
+def _numbers(d, prefix=""):
+    """The numeric leaves of a nested dict, by dotted key."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = v
+    return out
+
+
+def test_a_multitask_run_trains_data_parallel_as_in_one_process(still_model, toy_data, tmp_path):
+    from .test_multitask import multitask_config
+
+    cfg = multitask_config(still_model, toy_data, tmp_path).with_values(
+        {"train.max_steps": 10, "train.batch_size": 6, "model.dropout": 0.0})
+    config = tmp_path / "mt.yaml"
+    config.write_text(cfg.to_yaml())
+    p1, p2 = _train(config, tmp_path / "one"), _train(config, tmp_path / "two", 2)
+    assert p1.returncode == 0, p1.stderr
+    assert p2.returncode == 0, p2.stderr
+    h1, h2 = _history(tmp_path / "one"), _history(tmp_path / "two")
+    assert [h["step"] for h in h1] == [h["step"] for h in h2]
+    for a, b in zip(h1, h2):
+        va, vb = _numbers(a["validation"]), _numbers(b["validation"])
+        assert va.keys() == vb.keys() and any("vad" in k for k in va)
+        for k in va:
+            assert vb[k] == pytest.approx(va[k], abs=1e-3), k
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]["processes"] == 2
+
+
+def test_grid_cells_train_data_parallel_under_torchrun(tiny_model, toy_data, tmp_path):
+    import yaml
+
+    spec = {"name": "dp", "base": {"data": {"data_dir": str(toy_data)}, "model": {"name": tiny_model},
+                                   "train": {"batch_size": 8, "eval_every": 3, "max_steps": 6, "precision": "fp32",
+                                             "patience": None, "lr": 5e-3}},
+            "axes": {"method": ["full", {"name": "lora", "r": 4}]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "emotune.cli", "grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "g"),
+                           "--no-progress"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "g" / "grid.json").read_text())
+    assert len(summary["sessions"]) == 1 and [c["status"] for c in summary["cells"]] == ["done", "done"]
+    for cell in summary["cells"]:
+        metrics = json.loads((tmp_path / "g" / cell["cell"] / "metrics.json").read_text())
+        assert metrics["train"]["processes"] == 2 and metrics["train"]["steps"] == 6
+    assert proc.stdout.count("dp ->") == 1  # one table, from the main process
+
+
+def test_under_several_processes_tune_and_grid_workers_refuse_in_one_line(monkeypatch, tmp_path):
+    from emotune.errors import ConfigError
+    from emotune.experiments.grid import Grid, run_grid
+    from emotune.experiments.tune import tune
+    from emotune.train import distributed
+
+    monkeypatch.setattr(distributed, "_PROCESSES", Processes(0, 2))
+    with pytest.raises(ConfigError, match="a trial does not train data-parallel"):
+        tune(None, tmp_path, trials=1)
+    with pytest.raises(ConfigError, match="leave --workers out"):
+        run_grid(Grid.from_dict({"base": {}, "axes": {"train.lr": [1e-3]}}), tmp_path, workers=2)

@@ -656,7 +656,8 @@ def grid(
                                                            "train.max_epochs=3 (part of each cell's config)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """Train every cell of an experiment grid; finished cells are skipped, an interrupted one resumes."""
+    """Train every cell of an experiment grid; finished cells are skipped, an interrupted one resumes.
+    Under torchrun (`torchrun --nproc-per-node 2 -m emotune.cli grid ...`) each cell trains data-parallel."""
     from .experiments.grid import Grid, GridInterrupted, plan, run_grid
     from .experiments.settings import labels
 
@@ -675,8 +676,11 @@ def grid(
     try:
         results = run_grid(g, out_dir, workers=workers, progress=progress)
     except GridInterrupted as e:
-        err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
+        if _main_process():
+            err.print(f"[yellow]{escape(str(e))}[/yellow]", highlight=False)
         raise typer.Exit(130) from None
+    if not _main_process():  # each cell trained data-parallel (torchrun): the main process prints
+        return
     table = Table(title=escape(f"{g.name} -> {out_dir}"))
     for c in ("cell", "status", "val accuracy", "val F1 (w)", "runtime", "note"):
         table.add_column(c, justify="right" if c.startswith(("val", "runtime")) else "left")

@@ -239,6 +239,12 @@ class TrainConfig:
                                      "padding.")
     pad_multiple: int = _f(1, "Pad each training batch to a multiple of this many tokens (8: fewer distinct "
                               "shapes, which torch.compile and some kernels prefer); 1: to the longest text.")
+    accumulate: int = _f(1, "Gradient accumulation: each batch runs as this many micro-batches, one after "
+                            "another, their gradients summed before the one optimizer step (the batch stays "
+                            "train.batch_size; memory falls to a micro-batch's).")
+    gradient_checkpointing: bool = _f(False, "Recompute each layer's activations in the backward pass instead "
+                                             "of keeping them (Transformers models; less memory for large "
+                                             "decoders, about a third more compute).")
     compile: bool = _f(False, "torch.compile the model for training steps (inductor, dynamic shapes; the first "
                               "steps compile, tens of seconds on a CPU).")
     checkpoint: bool = _f(True, "Save a resumable checkpoint at every evaluation.")
@@ -249,7 +255,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for values out of range (a zero batch size, a negative patience...)."""
-        for name in ("batch_size", "eval_batch_size", "eval_every", "pad_multiple"):
+        for name in ("batch_size", "eval_batch_size", "eval_every", "pad_multiple", "accumulate"):
             _at_least(f"train.{name}", getattr(self, name), 1)
         for name in ("patience", "max_steps", "threads"):
             _at_least(f"train.{name}", getattr(self, name), 1, optional=True)

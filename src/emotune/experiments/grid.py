@@ -35,6 +35,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, EmotuneError, RunError
 from ..io import read_json, write_json, write_text
 from ..runs import METRICS
+from ..train.distributed import processes
 from .settings import apply_settings, coerce, config_from, labels, load_spec
 
 FILE_KEYS = {"name", "description", "base", "set", "axes", "grids"}
@@ -207,8 +208,12 @@ def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, progress: bool = 
     of the CPU threads (unless the config sets ``train.threads``). A failing cell is recorded and the
     others go on. Ctrl-C saves a checkpoint in every running cell and raises GridInterrupted."""
     out = Path(out)
+    main = processes().main  # under torchrun each cell trains data-parallel; the main process writes the grid's files
+    if processes().world > 1 and workers > 1:
+        raise ConfigError("--workers trains cells side by side in one launch; under several data-parallel "
+                          "processes each cell already uses them all: leave --workers out")
     out.mkdir(parents=True, exist_ok=True)
-    if grid.source:
+    if grid.source and main:
         write_text(out / "experiment.yaml", grid.source)
     results: list[CellResult] = []
     todo: list[Cell] = []
@@ -226,14 +231,15 @@ def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, progress: bool = 
     from .progress import GridProgress
 
     t0 = time.perf_counter()
-    with GridProgress(len(grid.cells), len(grid.cells) - len(todo), enabled=progress) as bar:
+    with GridProgress(len(grid.cells), len(grid.cells) - len(todo), enabled=progress and main) as bar:
         try:
             if workers <= 1:
                 _run_sequential(todo, out, bar, results, on_result)
             else:
                 _run_parallel(todo, out, workers, bar, results, on_result)
         finally:
-            _write_summary(out, grid, results, time.perf_counter() - t0)
+            if main:
+                _write_summary(out, grid, results, time.perf_counter() - t0)
     return results
 
 
@@ -382,8 +388,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def _log_error(out: Path, cell: Cell, e: BaseException | None, tb: str | None = None) -> None:
-    if isinstance(e, EmotuneError):
-        return  # a user error: its one-line message says it all
+    if isinstance(e, EmotuneError) or not processes().main:
+        return  # a user error: its one-line message says it all (or another data-parallel process's copy)
     with open(out / "grid-errors.log", "a", encoding="utf-8") as f:
         f.write(f"--- {cell.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         f.write(tb or "".join(traceback.format_exception(e)))

@@ -250,6 +250,11 @@ def tune(space: SearchSpace, out: str | Path, *, trials: int, storage: str | Non
     import optuna
     from optuna.trial import TrialState
 
+    from ..train.distributed import processes
+
+    if processes().world > 1:
+        raise ConfigError("emotune tune spreads trials over processes and machines through its study storage "
+                          "(start more tune workers instead); a trial does not train data-parallel")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or space.storage or default_storage(out)

@@ -80,6 +80,17 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig, lr: float) -> torch.opt
         return torch.optim.AdamW(groups, **kw)
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """train.gradient_checkpointing on the Transformers model inside ``model`` (non-reentrant: it works with
+    frozen embeddings, as under LoRA)."""
+    from transformers import PreTrainedModel
+
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if hf is None or not hf.supports_gradient_checkpointing:
+        raise ConfigError("train.gradient_checkpointing needs a Transformers model that supports it")
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 @contextmanager
 def stop_requests() -> Iterator[dict]:
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks at step boundaries; a second
@@ -137,6 +148,8 @@ class Trainer:
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.procs.sync_parameters(self.model)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         if cfg.mixout:  # towards the weights as they are now: the pretrained ones
             apply_mixout(getattr(model, "encoder", model), cfg.mixout)
         self.objective = Objective(cfg, self.model)
@@ -346,19 +359,25 @@ class Trainer:
         """R-Drop: how far two passes of a batch disagree, as the task measures it."""
         return self.task.consistency(a, b, self.class_weights)
 
-    def local_batch(self, idx: list[int]) -> list[int]:
-        """This process's share of a global batch (all of it with one process)."""
-        return self.procs.shard(idx) if self.procs.world > 1 else idx
+    def split(self, idx: list[int], n: int, i: int) -> list[int]:
+        """Share ``i`` of ``n`` of a batch (strided, so grouped lengths stay balanced)."""
+        return list(idx[i::n])
 
     def train_step(self, global_idx: list[int], step: int) -> torch.Tensor:
-        """One optimisation step; the batch's loss as a tensor (not read: no wait for the device)."""
-        idx = self.local_batch(global_idx)
+        """One optimisation step; the batch's loss as a tensor (not read: no wait for the device). Several
+        processes each take their share of the batch; train.accumulate splits a share into micro-batches.
+        Each part's mean loss is weighted by its share, so the gradient is the whole batch's mean."""
+        idx = self.split(global_idx, self.procs.world, self.procs.rank) if self.procs.world > 1 else global_idx
         loss = torch.zeros((), device=self.device)
-        if idx:  # a process whose share of a short last batch is empty adds zero gradients
-            batch, targets = self.batch_tensors(idx)
-            loss = self.objective.backward(self.forward, batch, lambda logits: self.loss_of(logits, targets, idx),
-                                           lambda a, b: self.consistency(a, b, idx), self.scaler.scale)
-        self.masters.grads_to_masters()
+        k = min(self.cfg.accumulate, len(idx))  # 0 for a process whose share of a short last batch is empty
+        for j in range(k):
+            part = self.split(idx, k, j) if k > 1 else idx
+            w = len(part) / len(idx)
+            batch, targets = self.batch_tensors(part)
+            loss = loss + self.objective.backward(
+                self.forward, batch, lambda logits: w * self.loss_of(logits, targets, part),
+                lambda a, b: w * self.consistency(a, b, part), self.scaler.scale)
+            self.masters.grads_to_masters()
         self.procs.average_grads(self.masters.masters, len(idx), len(global_idx))
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)

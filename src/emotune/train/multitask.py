@@ -137,8 +137,8 @@ class MultiTaskTrainer(Trainer):
         part = self.task.part(name)
         return part.task.consistency(a[:, part.columns], b[:, part.columns], self.part_weights[name])
 
-    def local_batch(self, idx: list[int]) -> list[int]:
-        return TaskBatch(super().local_batch(idx), idx.task)  # type: ignore[attr-defined]
+    def split(self, idx: list[int], n: int, i: int) -> list[int]:
+        return TaskBatch(super().split(idx, n, i), idx.task)  # type: ignore[attr-defined]
 
     def evaluate(self) -> dict:
         logits = {n: self.predict(enc) for n, enc in self.val_sets.items()}

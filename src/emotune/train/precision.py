@@ -72,9 +72,11 @@ class MasterWeights:
             self.masters = self.params
 
     def grads_to_masters(self) -> None:
+        """Move the model's gradients onto the masters, adding to what earlier micro-batches left there."""
         if self.mixed:
             for m, p in zip(self.masters, self.params):
-                m.grad = None if p.grad is None else p.grad.float()
+                if p.grad is not None:
+                    m.grad = p.grad.float() if m.grad is None else m.grad + p.grad.float()
                 p.grad = None
 
     def masters_to_model(self) -> None:
