@@ -211,3 +211,15 @@ def test_under_several_processes_tune_and_grid_workers_refuse_in_one_line(monkey
         tune(None, tmp_path, trials=1)
     with pytest.raises(ConfigError, match="leave --workers out"):
         run_grid(Grid.from_dict({"base": {}, "axes": {"train.lr": [1e-3]}}), tmp_path, workers=2)
+
+
+def test_accelerate_launch_on_the_cpu_trains_in_the_processes_it_was_asked_for(tiny_model, toy_data, tmp_path):
+    cfg = tiny_config(tiny_model, toy_data, "lora", max_steps=4)
+    config, out = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text(cfg.to_yaml())
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "emotune.cli", "train", "--config", str(config), "--out", str(out), "--no-progress"],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["train"]["processes"] == 2

@@ -166,8 +166,11 @@ def accelerate_cpu_processes() -> int | None:
             parent = [a.decode() for a in f.read().split(b"\0") if a]
         from accelerate.commands.launch import launch_command_parser
 
-        args = parent[parent.index("launch") + 1:]
+        # `accelerate launch ...`, `accelerate-launch ...` or `python -m accelerate.commands.launch ...`
+        at = next(i for i, a in enumerate(parent) if a == "launch" or a.endswith(("accelerate-launch",
+                                                                               "accelerate.commands.launch")))
+        args = parent[at + 1:]
         n = launch_command_parser().parse_known_args(args)[0].num_processes
-    except (OSError, ValueError, SystemExit):
+    except (OSError, StopIteration, SystemExit):
         return None
     return n if n and n > 1 else None
