@@ -921,31 +921,45 @@ def export_run(
 @app.command("merge")
 @friendly
 def merge_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="Finished LoRA runs of one task (same base and labels)."),
+    run_dirs: list[Path] = typer.Argument(..., help="Finished LoRA runs on one base: of one task (same labels), "
+                                                    "or of different tasks (a multi-task run, a head per task)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write the merged run to."),
     how: str = typer.Option("linear", help="linear, ties, dare (dare_linear), dare_ties, magnitude_prune, cat, "
                                            "svd, ties_svd, dare_linear_svd, dare_ties_svd (PEFT's "
-                                           "add_weighted_adapter)."),
+                                           "add_weighted_adapter); zip: two runs of different tasks, per-column "
+                                           "coefficients learned on their examples (ZipLoRA)."),
     weights: Optional[str] = typer.Option(None, help="One weight per run, comma-separated (default: equal, "
                                                      "summing to 1). Heads and norms average with them normalised."),
     density: Optional[float] = typer.Option(None, help="Share of entries kept by ties/dare/magnitude_prune "
                                                        "(default 0.5)."),
     rank: Optional[int] = typer.Option(None, help="Rank of the svd combinations' result (default: the largest)."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root for the validation evaluation, if it moved."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root for the validation evaluation (and zip's "
+                                                      "examples), if it moved."),
     evaluate_: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate the merged run on "
                                                                           "validation."),
     overwrite: bool = typer.Option(False, help="Replace a run in --out."),
+    tasks: Optional[str] = typer.Option(None, help="Runs of different tasks: the task names, one per run, "
+                                                   "comma-separated (default: their data sets' names)."),
+    examples: Optional[int] = typer.Option(None, help="zip: training examples drawn (seeded) per task from each "
+                                                      "run's own training data (default 200)."),
+    steps: Optional[int] = typer.Option(None, help="zip: Adam steps on the coefficients (default 100)."),
+    overlap_weight: Optional[float] = typer.Option(None, help="zip: weight of the sum over matrices of "
+                                                              "|cos(m_A, m_B)| (default 0.01, the paper's)."),
+    lr: Optional[float] = typer.Option(None, help="zip: Adam's learning rate for the coefficients (default 0.01)."),
 ):
-    """Merge LoRA adapters of the same task into a new run, evaluated on validation like any run."""
+    """Merge LoRA adapters into a new run, evaluated on validation like any run: runs of one task into a run of
+    that task, runs of different tasks into a multi-task run (one merged adapter, each run's head)."""
     from .workflows.merge import merge_runs
 
     metrics = merge_runs(run_dirs, out_dir, how=how, weights=weights, density=density, rank=rank,
-                         evaluate=evaluate_, data_dir=data_dir, overwrite=overwrite)
+                         evaluate=evaluate_, data_dir=data_dir, overwrite=overwrite, tasks=tasks,
+                         examples=examples, steps=steps, overlap_weight=overlap_weight, lr=lr)
     m = metrics["merged_from"]
+    what = f"{m['how']}, {m['steps']} steps" if "steps" in m else f"{m['how']}, weights {m['weights']}"  # zip learns
     if "validation" in metrics:
-        print_metrics({"validation": metrics["validation"]}, f"{out_dir} ({m['how']}, weights {m['weights']})")
+        print_metrics({"validation": metrics["validation"]}, f"{out_dir} ({what})")
     else:
-        out.print(escape(f"merged into {out_dir} ({m['how']}, weights {m['weights']})"), highlight=False)
+        out.print(escape(f"merged into {out_dir} ({what})"), highlight=False)
 
 
 def main() -> None:
