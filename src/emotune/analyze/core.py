@@ -64,7 +64,8 @@ def split_name(name: str) -> tuple[int | None, str]:
 
 
 def method_label(run: Run) -> str:
-    """The report's family name plus the rank (defaults filled in): ``LoRA attention, r=8``."""
+    """The report's family name plus the rank (defaults filled in): ``LoRA attention, r=8``; with parallel modules
+    (MultiLoRA) their number: ``MultiLoRA attention, r=4 x 3 modules``."""
     from ..methods import METHODS
 
     method = run.config.method
@@ -76,7 +77,8 @@ def method_label(run: Run) -> str:
     rank = getattr(cfg, "r", None)
     name = method.get("name", "?")
     family = METHODS.get(name).family_name(options) if name in METHODS else str(name)
-    return family + (f", r={rank}" if rank is not None else "")
+    modules = getattr(cfg, "modules", None)
+    return family + (f", r={rank}" if rank is not None else "") + (f" x {modules} modules" if modules else "")
 
 
 def run_labels(runs: list[Run]) -> list[str]:
