@@ -962,6 +962,30 @@ def merge_cmd(
         out.print(escape(f"merged into {out_dir} ({what})"), highlight=False)
 
 
+@app.command("stream")
+@friendly
+def stream_cmd(
+    config: Path = typer.Argument(..., help="YAML with a `stream` section (kind, strategy, sizes, plateau "
+                                            "thresholds, reg_weight...) plus model, method and train sections."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for stream.json, stream.md, steps.jsonl and "
+                                                          "stream.yaml (rewritten as each segment finishes)."),
+    strategy: Optional[str] = typer.Option(None, help="online-lora, naive or joint (overrides stream.strategy)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data root holding emotion/, mr/, semeval2017a/ "
+                                                      "(overrides stream.data_dir)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Any config field: stream.window=20, method.r=4, "
+                                                           "train.lr=1e-3..."),
+    overwrite: bool = typer.Option(False, help="Replace a finished stream in --out."),
+):
+    """Task-free continual learning on a stream of mini-batches read once (Online-LoRA, or the naive and joint
+    baselines): accuracy on every segment seen so far after each segment, forgetting, BWT, plateaus vs boundaries."""
+    from .workflows.stream import StreamRun, render_markdown, run_stream
+
+    cfg = StreamRun.from_yaml(config).override(list(set_)).with_stream(strategy=strategy, data_dir=data_dir)
+    metrics = run_stream(cfg, out_dir, overwrite=overwrite,
+                         echo=lambda msg: err.print(escape(msg), highlight=False, soft_wrap=True))
+    out.print(escape(render_markdown(metrics)), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
 

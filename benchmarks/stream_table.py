@@ -1,0 +1,59 @@
+"""The tables of scripts/stream_compare.sh: per stream, Online-LoRA against naive sequential LoRA and joint
+training (final average accuracy, forgetting, BWT, plateaus against the true boundaries, wall time), and whether
+the issue's target holds (Online-LoRA's forgetting at most half the naive baseline's, its average accuracy at
+least the naive one's).
+
+    python benchmarks/stream_table.py RUNS_DIR
+
+Reads RUNS_DIR/<stream>-<strategy>/stream.json (streams: drift, classes; strategies: online-lora, naive, joint).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STREAMS = {"drift": "domain drift: MR -> SemEval-2017 4A -> Emotion (positive/negative/other)",
+           "classes": "class-incremental Emotion: {sadness, joy} -> {love, anger} -> {fear, surprise}"}
+STRATEGIES = ("online-lora", "naive", "joint")
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pct(v: float | None, sign: bool = False) -> str:
+    return "" if v is None else f"{100 * v:+.1f}" if sign else f"{100 * v:.1f}"
+
+
+def main(root: Path) -> None:
+    for stream, title in STREAMS.items():
+        runs = {s: load(root / f"{stream}-{s}" / "stream.json") for s in STRATEGIES}
+        print(f"\n### {title}\n")
+        print("| strategy | final avg acc | forgetting | BWT | plateaus | boundaries matched | steps | wall time (s) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for s, m in runs.items():
+            if not m:
+                print(f"| {s} | not run | | | | | | |")
+                continue
+            p = m["plateaus"]
+            matched = f"{p['matched']}/{len(p['boundaries'])} (within {p['tolerance']})" if p["boundaries"] else "n/a"
+            status = "" if m.get("completed") else f" ({m.get('status')})"
+            print(f"| {s}{status} | {pct(m['final_average_accuracy'])} | {pct(m['forgetting'])} | "
+                  f"{pct(m['bwt'], sign=True)} | {len(p['steps'])} | {matched} | {m['steps_done']} | "
+                  f"{m['time']['wall_s']:.0f} |")
+        ol, naive = runs["online-lora"], runs["naive"]
+        if ol.get("completed") and naive.get("completed"):
+            half = ol["forgetting"] <= naive["forgetting"] / 2
+            level = ol["final_average_accuracy"] >= naive["final_average_accuracy"]
+            print(f"\ntarget (forgetting <= half of naive's, average accuracy >= naive's): forgetting "
+                  f"{pct(ol['forgetting'])} vs {pct(naive['forgetting'])} -> {'met' if half else 'not met'}; "
+                  f"accuracy {pct(ol['final_average_accuracy'])} vs {pct(naive['final_average_accuracy'])} -> "
+                  f"{'met' if level else 'not met'}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/stream_table.py RUNS_DIR")
+    main(Path(sys.argv[1]))

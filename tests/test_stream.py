@@ -1,0 +1,289 @@
+"""Online-LoRA on a stream (`emotune stream`): the plateau detector on synthetic loss curves, merge and restart
+keeping predictions, the MAS penalty, the streams' label maps, the continual-learning metrics, and tiny end-to-end
+runs of each strategy."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from emotune.data.encode import encode
+from emotune.errors import ConfigError, DataError, RunError
+from emotune.runs import build_model
+from emotune.train.online import (ImportanceRegulariser, OnlineLearner, OnlineSettings, PlateauDetector,
+                                  mas_importance)
+from emotune.workflows.stream import (DOMAIN_MAPS, SHARED_LABELS, STREAM_METRICS, STREAM_STEPS, STREAM_TABLE,
+                                      StreamConfig, StreamRun, class_incremental, continual_metrics, domain_drift,
+                                      match_plateaus, run_stream)
+
+from .conftest import EMOTIONS, WORDS, tiny_config, write_emotion_folder
+from .test_lab_data import tweets, write_mr, write_semeval
+
+
+def plateaus(losses: list[float], **kw) -> list[int]:
+    """The 1-based steps at which a detector fed ``losses`` reports a plateau."""
+    d = PlateauDetector(**{"window": 5, "mean_threshold": 1.0, "variance_threshold": 0.01, **kw})
+    return [i for i, x in enumerate(losses, start=1) if d.update(x)]
+
+
+# ---- the plateau detector --------------------------------------------------------------------------------
+def test_a_flat_curve_is_a_plateau_once_the_window_is_full():
+    rng = random.Random(0)
+    assert plateaus([0.5 + rng.uniform(-0.02, 0.02) for _ in range(30)])[0] == 5
+    assert plateaus([0.5] * 30) == [5]  # once: the next one needs a new peak first
+
+
+def test_decreasing_and_noisy_curves_are_no_plateau():
+    assert plateaus([0.95 - 0.08 * i for i in range(12)]) == []  # still learning: variance 2 x 0.08^2 > 0.01
+    rng = random.Random(1)
+    noisy = [0.5 + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4) for _ in range(50)]
+    assert plateaus(noisy) == []  # noisy: every window's variance is above 0.01
+
+
+def test_the_thresholds_are_respected():
+    flat = [2.0] * 10
+    assert plateaus(flat) == []  # mean 2.0, above the mean threshold 1.0
+    assert plateaus(flat, mean_threshold=2.5) == [5]
+    wobble = [0.5 + (0.15 if i % 2 else -0.15) for i in range(10)]  # variance 0.0225 (0.0216 over 5 values)
+    assert plateaus(wobble, variance_threshold=0.02) == []
+    assert plateaus(wobble, variance_threshold=0.03) == [5]
+
+
+def test_a_new_peak_rearms_the_detector():
+    """The official rule: after a plateau at (m, v), the next needs the window mean above m + sqrt(v) first."""
+    curve = [0.5] * 10 + [2.0] * 3 + [0.3] * 10  # a shift of the data, then a new plateau
+    found = plateaus(curve, mean_threshold=1.0)
+    assert found[0] == 5 and len(found) == 2 and found[1] >= 18  # the window holds only the new losses by then
+    wobble = [0.45, 0.55] * 5  # the plateau at step 5: mean 0.49, standard deviation 0.049
+    assert plateaus(wobble + [0.47, 0.57] * 5) == [5]  # a rise within a standard deviation is no new peak
+    assert plateaus(wobble + [0.6] * 10) == [5, 12]  # step 12: the window mean 0.55 is above 0.49 + 0.049
+
+
+# ---- the continual-learning metrics --------------------------------------------------------------------------
+def test_continual_metrics_follow_the_standard_definitions():
+    acc = [[0.8], [0.6, 0.9], [0.7, 0.5, 0.95]]
+    m = continual_metrics(acc)
+    assert m["final_average_accuracy"] == pytest.approx((0.7 + 0.5 + 0.95) / 3)
+    assert m["bwt"] == pytest.approx(((0.7 - 0.8) + (0.5 - 0.9)) / 2)
+    assert m["forgetting"] == pytest.approx(((0.8 - 0.7) + (0.9 - 0.5)) / 2)  # max previous - final
+    assert continual_metrics([[0.5]])["bwt"] is None and continual_metrics([])["forgetting"] is None
+
+
+def test_plateaus_are_matched_to_boundaries_within_the_tolerance():
+    m = match_plateaus([5, 43, 90], [40, 80], tolerance=10)
+    assert m["matched"] == 1 and m["delays"] == [3, None]
+
+
+# ---- merge and restart, the regulariser ---------------------------------------------------------------------
+@pytest.fixture()
+def learner_parts(tiny_model, tmp_path):
+    data = write_emotion_folder(tmp_path / "data", n_train=48, n_eval=12)
+    cfg = tiny_config(tiny_model, data)
+    cfg.method = {"name": "lora", "r": 4}
+    model, tokenizer, _ = build_model(cfg, len(EMOTIONS))
+    lines = (data / "emotion" / "train.txt").read_text().splitlines()
+    texts = [line.rpartition(";")[0] for line in lines]
+    labels = [EMOTIONS.index(line.rpartition(";")[2]) for line in lines]
+    return model, cfg.method, encode(tokenizer, texts, 32), labels
+
+
+def test_merge_and_restart_keeps_the_predictions(learner_parts):
+    model, method, ids, labels = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=4), torch.device("cpu"))
+    for i in range(0, 40, 8):  # the adapter moves away from its start (B != 0)
+        learner.step(ids[i:i + 8], labels[i:i + 8])
+    lora_b = {n: p for n, p in learner.model.named_parameters() if "lora_B" in n}
+    assert any(p.abs().max() > 0 for p in lora_b.values())
+    base = {n: p.detach().clone() for n, p in learner.model.named_parameters() if n.endswith("query.base_layer.weight")}
+    earlier = ids[:40]
+    before = learner.logits(earlier)
+    record = learner.merge_and_restart(check=ids[40:])
+    after = learner.logits(earlier)
+    assert (after - before).abs().max() <= 1e-5 and record["max_logit_change"] <= 1e-5
+    params = dict(learner.model.named_parameters())
+    assert all(params[n].abs().max() == 0 for n in lora_b)  # a fresh adapter: B = 0 ...
+    assert all(params[n].requires_grad for n in lora_b)
+    assert any(not torch.equal(params[n], base[n]) for n in base)  # ... the old one folded into the frozen base
+    assert not any(params[n].requires_grad for n in base)
+    assert learner.regulariser.updates == 1 and learner.regulariser.penalty(learner.regularised()) == 0
+    learner.step(ids[40:48], labels[40:48])  # training goes on with the fresh adapter
+    assert learner.regulariser.penalty(learner.regularised()) > 0
+
+
+def test_the_mas_penalty_is_zero_at_the_anchor_and_grows_with_the_distance(learner_parts):
+    model, method, ids, labels = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, reg_scope="trainable"), torch.device("cpu"))
+    params = learner.regularised()
+    assert any("lora_A" in n for n in params) and any(n.startswith("head.") for n in params)
+    omega = mas_importance(learner.model, params, ids[:6], torch.device("cpu"))
+    assert all((t >= 0).all() for t in omega.values()) and sum(float(t.sum()) for t in omega.values()) > 0
+    assert all(p.grad is None for p in learner.model.parameters())  # gradients left cleared
+    reg = ImportanceRegulariser(weight=0.5)
+    reg.accumulate(omega)
+    assert float(torch.cat([t.flatten() for t in reg.omega.values()]).mean()) == pytest.approx(1.0)
+    reg.anchor_at(params)
+    assert float(reg.penalty(params).detach()) == 0.0
+    direction = {n: torch.randn_like(p) for n, p in params.items()}
+    values = []
+    for eps in (1e-3, 2e-3, 4e-3):
+        moved = {n: p.detach() + eps * direction[n] for n, p in params.items()}
+        values.append(float(reg.penalty(moved)))
+    assert 0 < values[0] < values[1] < values[2]
+    assert values[1] / values[0] == pytest.approx(4, rel=1e-3)  # quadratic in the distance
+    expected = 0.5 * sum(float((reg.omega[n] * (1e-3 * direction[n]) ** 2).sum()) for n in params)
+    assert values[0] == pytest.approx(expected, rel=1e-4)
+    reg.accumulate({n: 3 * t for n, t in omega.items()})  # a second estimate: the running average (1/2 each)
+    assert reg.updates == 2 and all(torch.allclose(reg.omega[n], omega[n] / omega_mean(omega)) for n in omega)
+
+
+def omega_mean(omega: dict) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in omega.values()]).mean()
+
+
+# ---- the streams ---------------------------------------------------------------------------------------------
+@pytest.fixture()
+def drift_data(tmp_path):
+    root = tmp_path / "data"
+    write_mr(root)
+    write_semeval(root, {"a.tsv": tweets(0, 60)}, {"dev.tsv": tweets(200, 30)})
+    write_emotion_folder(root, n_train=120, n_eval=36)
+    return root
+
+
+def test_the_domain_drift_stream_maps_every_domain_onto_shared_labels(drift_data):
+    cfg = StreamConfig(segment_size=[30, 24, 36], eval_size=12, data_dir=str(drift_data))
+    stream = domain_drift(cfg)
+    assert stream.label_names == SHARED_LABELS
+    assert [s.name for s in stream.segments] == ["mr", "semeval2017a", "emotion"]
+    assert [len(s.train) for s in stream.segments] == [30, 24, 36] and all(len(s.eval) == 12 for s in stream.segments)
+    mr, semeval, emotion = stream.segments
+    for text, y in zip(mr.train.texts, mr.train.labels):
+        assert SHARED_LABELS[y] == ("positive" if text.startswith("pos") else "negative")
+    raw = {f"tweet number {i}": ["negative", "neutral", "positive"][i % 3] for i in range(300)}
+    for text, y in zip(semeval.train.texts + semeval.eval.texts, semeval.train.labels + semeval.eval.labels):
+        assert SHARED_LABELS[y] == DOMAIN_MAPS["semeval2017a"][raw[text]]
+    assert {SHARED_LABELS[y] for y in semeval.train.labels} == {"positive", "negative", "other"}
+    words = {w: label for label, ws in WORDS.items() for w in ws.split()}
+    for text, y in zip(emotion.train.texts, emotion.train.labels):
+        assert SHARED_LABELS[y] == DOMAIN_MAPS["emotion"][words[text.split()[2]]]
+    again = domain_drift(cfg)
+    assert again.segments[0].train.texts == mr.train.texts  # seeded
+    with pytest.raises(DataError, match="fewer than the segment's 100"):
+        domain_drift(StreamConfig(segment_size=100, eval_size=12, data_dir=str(drift_data)))
+
+
+def test_the_class_incremental_stream_brings_classes_in_groups(tmp_path):
+    root = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    stream = class_incremental(StreamConfig(kind="class-incremental", segment_size=20, eval_size=8,
+                                            data_dir=str(root)))
+    assert stream.label_names == EMOTIONS  # the head has every output from the start
+    assert [s.name for s in stream.segments] == ["sadness+joy", "love+anger", "fear+surprise"]
+    for seg, group in zip(stream.segments, [["sadness", "joy"], ["love", "anger"], ["fear", "surprise"]]):
+        assert {EMOTIONS[y] for y in seg.train.labels} == set(group) and len(seg.train) == 20
+        assert {EMOTIONS[y] for y in seg.eval.labels} <= set(group) and len(seg.eval) == 8
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+def stream_config(tmp_path, tiny_model, method: dict | None = None, **stream) -> object:
+    spec = {"stream": {"kind": "class-incremental", "segment_size": 24, "eval_size": 12, "batch_size": 8, "window": 2,
+                       "mean_threshold": 10.0, "variance_threshold": 10.0, "hard_buffer": 4,
+                       "boundary_tolerance": 2, **stream},
+            "model": {"name": tiny_model}, "method": method or {"name": "lora", "r": 4},
+            "train": {"precision": "fp32", "lr": 5e-3}}
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["online-lora", "naive", "joint"])
+def test_emotune_stream_writes_its_metrics(strategy, tiny_model, tmp_path):
+    from emotune.cli import app
+
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    out = tmp_path / strategy
+    r = CliRunner().invoke(app, ["stream", str(stream_config(tmp_path, tiny_model)), "--out", str(out), "--strategy",
+                                 strategy, "--data-dir", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "final average accuracy" in r.output and "love+anger" in r.output
+    m = json.loads((out / STREAM_METRICS).read_text())
+    assert m["completed"] and m["strategy"] == strategy and m["steps"] == m["steps_done"] == 9
+    assert [len(row) for row in m["accuracy"]] == [1, 2, 3] and all(0 <= a <= 1 for row in m["accuracy"] for a in row)
+    assert m["final_average_accuracy"] == pytest.approx(sum(m["accuracy"][-1]) / 3)
+    assert m["bwt"] is not None and m["forgetting"] is not None and m["time"]["wall_s"] > 0
+    assert [(s["first_step"], s["last_step"]) for s in m["stream"]["segments"]] == [(1, 3), (4, 6), (7, 9)]
+    steps = [json.loads(line) for line in (out / STREAM_STEPS).read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 10)) and all(math.isfinite(s["loss"]) for s in steps)
+    assert m["plateaus"]["steps"] == [s["step"] for s in steps if s["plateau"]] and m["plateaus"]["steps"]
+    if strategy == "online-lora":  # every plateau merged, predictions kept
+        assert len(m["plateaus"]["merges"]) == len(m["plateaus"]["steps"])
+        assert all(x["max_logit_change"] <= 1e-5 for x in m["plateaus"]["merges"])
+    else:
+        assert m["plateaus"]["merges"] == []
+    assert m["plateaus"]["boundaries"] == ([] if strategy == "joint" else [4, 7])
+    assert "| after segment |" in (out / STREAM_TABLE).read_text()
+    r = CliRunner().invoke(app, ["stream", str(stream_config(tmp_path, tiny_model)), "--out", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_domain_drift_stream_runs_from_the_library(drift_data, tiny_model, tmp_path):
+    cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, kind="domain-drift", segment_size=[16, 16, 16],
+                                            eval_size=6, data_dir=str(drift_data)))
+    seen = []
+    m = run_stream(cfg, tmp_path / "drift", echo=seen.append)
+    assert m["completed"] and [s["name"] for s in m["stream"]["segments"]] == ["mr", "semeval2017a", "emotion"]
+    assert m["stream"]["labels"]["emotion"]["surprise"] == "other" and len(seen) == 3
+    assert m["plateaus"]["boundaries"] == [3, 5]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["--set", "stream.window=1"], "stream.window must be at least 2"),
+    (["--set", "stream.kind=topics"], "unknown stream 'topics'"),
+    (["--strategy", "replay"], "unknown strategy 'replay'"),
+    (["--set", "stream.bogus=1"], "unknown stream option(s): bogus"),
+    (["--set", "stream.segment_size=[8, 8]"], "lists 2 sizes for a stream of 3 segments"),
+    (["--set", "stream.groups=[[joy], [joy]]"], "at most once"),
+    (["--set", "stream.domains=[imdb]"], "no label map for imdb"),
+    ("full", "method full has no adapter that folds"),
+    (["--set", "stream.reg_scope=head"], "stream.reg_scope must be one of adapter, trainable"),
+])
+def test_a_bad_config_is_a_one_line_error(settings, message, tiny_model, tmp_path):
+    from emotune.cli import app
+
+    data = write_emotion_folder(tmp_path / "data", n_train=60, n_eval=12)
+    method = {"name": settings} if isinstance(settings, str) else None
+    config = stream_config(tmp_path, tiny_model, method=method)
+    r = CliRunner().invoke(app, ["stream", str(config), "--out", str(tmp_path / "x"), "--data-dir", str(data),
+                                 *(settings if method is None else [])])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_data_section_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="remove the data section"):
+        StreamRun.from_dict({"data": {"name": "emotion"}})
+
+
+def test_an_interrupted_stream_keeps_its_finished_segments(tiny_model, tmp_path, monkeypatch):
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, data_dir=str(data)))
+    step = OnlineLearner.step
+
+    def stop_at_step_five(self, ids, labels):
+        if self.step_count == 4:  # Ctrl-C during the second segment
+            raise KeyboardInterrupt
+        return step(self, ids, labels)
+
+    monkeypatch.setattr(OnlineLearner, "step", stop_at_step_five)
+    with pytest.raises(RunError, match="interrupted at step 4"):
+        run_stream(cfg, tmp_path / "cut")
+    m = json.loads((tmp_path / "cut" / STREAM_METRICS).read_text())
+    assert m["status"] == "interrupted" and not m["completed"] and len(m["accuracy"]) == 1 and m["steps_done"] == 4
+    monkeypatch.setattr(OnlineLearner, "step", step)
+    assert run_stream(cfg, tmp_path / "cut")["completed"]  # an unfinished stream starts afresh, no --overwrite
