@@ -6,7 +6,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
@@ -161,16 +161,22 @@ def split_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def read_text(path: Path) -> list[str]:
-    """A file's lines (split_lines); a clear error for a missing file or bytes that are not UTF-8."""
+def open_bytes(path: str | Path) -> IO[bytes]:
+    """``path`` opened for reading bytes; a missing file, a folder or an unreadable file is a one-line DataError."""
     try:
-        raw = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError("file not found", path) from None
     except IsADirectoryError:
         raise DataError("expected a file, found a folder", path) from None
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
+
+
+def read_text(path: Path) -> list[str]:
+    """A file's lines (split_lines); a clear error for a missing file or bytes that are not UTF-8."""
+    with open_bytes(path) as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -22,6 +22,7 @@ from typing import IO, Callable, Iterator
 
 import torch
 
+from ..data.base import open_bytes
 from ..errors import ConfigError, DataError
 from ..progress import console
 from ..train.metrics import peak_memory_mb
@@ -55,14 +56,7 @@ def _open_input(path: str | Path) -> tuple[IO[bytes], bool]:
     """The input as bytes (lines are split on \\n only, as ``data.base.split_lines`` does) and whether to close it."""
     if str(path) == STDIN:
         return sys.stdin.buffer, False
-    try:
-        return open(path, "rb"), True
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    except IsADirectoryError:
-        raise DataError("expected a file, found a folder", path) from None
-    except OSError as e:
-        raise DataError(f"cannot read the file ({e.strerror or e})", path) from None
+    return open_bytes(path), True
 
 
 def shard_lines(path: str | Path, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, str]]:
