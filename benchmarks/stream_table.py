@@ -3,9 +3,10 @@ training (final average accuracy, forgetting, BWT, plateaus against the true bou
 the issue's target holds (Online-LoRA's forgetting at most half the naive baseline's, its average accuracy at
 least the naive one's).
 
-    python benchmarks/stream_table.py RUNS_DIR
+    python benchmarks/stream_table.py RUNS_DIR          # RUNS_DIR/<stream>-<strategy>/stream.json
+    python benchmarks/stream_table.py --all RUNS_DIR    # every RUNS_DIR/*/stream.json with its settings (a grid)
 
-Reads RUNS_DIR/<stream>-<strategy>/stream.json (streams: drift, classes; strategies: online-lora, naive, joint).
+Streams: drift, classes; strategies: online-lora, naive, joint.
 """
 
 from __future__ import annotations
@@ -53,7 +54,27 @@ def main(root: Path) -> None:
                   f"{'met' if level else 'not met'}")
 
 
+SETTINGS = ("strategy", "mean_threshold", "variance_threshold", "reg_weight", "reg_scope", "labels_trick",
+            "eval_split")
+
+
+def grid(root: Path) -> None:
+    """One row per run folder: the settings that tell cells apart, then the stream's figures."""
+    print("| run | " + " | ".join(SETTINGS) + " | final avg acc | forgetting | plateaus | wall time (s) |")
+    print("|---|" + "---|" * len(SETTINGS) + "---:|---:|---:|---:|")
+    for path in sorted(root.glob("*/stream.json")):
+        m = load(path)
+        s = m["config"]["stream"]
+        print(f"| {path.parent.name} | " + " | ".join(str(s.get(k, "")) for k in SETTINGS)
+              + f" | {pct(m['final_average_accuracy'])} | {pct(m['forgetting'])} | {len(m['plateaus']['steps'])} | "
+              f"{m['time']['wall_s']:.0f} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/stream_table.py RUNS_DIR")
-    main(Path(sys.argv[1]))
+    args = sys.argv[1:]
+    if args[:1] == ["--all"] and len(args) == 2:
+        grid(Path(args[1]))
+    elif len(args) == 1:
+        main(Path(args[0]))
+    else:
+        sys.exit("usage: python benchmarks/stream_table.py [--all] RUNS_DIR")

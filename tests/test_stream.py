@@ -116,6 +116,24 @@ def test_merge_and_restart_keeps_the_predictions(learner_parts):
     assert learner.regulariser.penalty(learner.regularised()) > 0
 
 
+def test_the_labels_trick_leaves_the_classes_a_batch_does_not_show_alone(learner_parts):
+    model, method, all_ids, all_labels = learner_parts
+    pick = [i for i, y in enumerate(all_labels) if y in (0, 1)][:8]  # a batch of two classes out of six
+    ids, labels = [all_ids[i] for i in pick], [all_labels[i] for i in pick]
+    shown = [0, 1]
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=0, labels_trick=True),
+                            torch.device("cpu"))
+    learner._losses(ids, labels).mean().backward()
+    head = next(p for n, p in learner.model.named_parameters() if n.startswith("head.") and n.endswith("weight"))
+    grad = head.grad
+    unseen = [c for c in range(len(EMOTIONS)) if c not in shown]
+    assert grad[unseen].abs().max() == 0 and grad[shown].abs().max() > 0  # only the shown classes' rows move
+    plain = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=0), torch.device("cpu"))
+    restricted = torch.nn.functional.cross_entropy(plain.logits(ids)[:, shown], torch.tensor(labels), reduction="none")
+    learner.model.eval()
+    assert torch.allclose(learner._losses(ids, labels).detach(), restricted, atol=1e-5)  # a softmax over them only
+
+
 def test_the_mas_penalty_is_zero_at_the_anchor_and_grows_with_the_distance(learner_parts):
     model, method, ids, labels = learner_parts
     learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, reg_scope="trainable"), torch.device("cpu"))
@@ -187,6 +205,19 @@ def test_the_class_incremental_stream_brings_classes_in_groups(tmp_path):
     for seg, group in zip(stream.segments, [["sadness", "joy"], ["love", "anger"], ["fear", "surprise"]]):
         assert {EMOTIONS[y] for y in seg.train.labels} == set(group) and len(seg.train) == 20
         assert {EMOTIONS[y] for y in seg.eval.labels} <= set(group) and len(seg.eval) == 8
+
+
+def test_the_held_out_examples_come_from_the_split_asked_for(tmp_path):
+    root = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    test_file = root / "emotion" / "test.txt"  # test texts told apart from validation ones by a marker word
+    test_file.write_text("".join(f"marked {line}\n" for line in test_file.read_text().splitlines()))
+    for split in ("validation", "test"):
+        stream = class_incremental(StreamConfig(kind="class-incremental", segment_size=20, eval_size=8,
+                                                eval_split=split, data_dir=str(root)))
+        marked = [t.startswith("marked ") for seg in stream.segments for t in seg.eval.texts]
+        assert all(marked) if split == "test" else not any(marked)
+    with pytest.raises(ConfigError, match="eval_split"):
+        StreamConfig(eval_split="train")
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------

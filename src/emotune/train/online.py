@@ -168,6 +168,7 @@ class OnlineSettings:
     reg_scope: str = "adapter"
     hard_buffer: int = 8
     hard_loss: bool = True
+    labels_trick: bool = False  # cross-entropy over the classes among the labels of each pass only
 
     def __post_init__(self) -> None:
         if self.reg_scope not in REG_SCOPES:
@@ -241,8 +242,13 @@ class OnlineLearner:
     def _losses(self, ids: list[list[int]], labels: list[int]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in collate(ids, self.pad_id).items()}
         with autocast(self.device, self.dtype):
-            logits = self.model(**batch)
-        return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device), reduction="none")
+            logits = self.model(**batch).float()
+        targets = torch.tensor(labels, device=self.device)
+        if self.s.labels_trick:  # classes absent from these labels get no gradient (their logits leave the softmax)
+            shown = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            shown[targets] = True
+            logits = logits.masked_fill(~shown, float("-inf"))
+        return F.cross_entropy(logits, targets, reduction="none")
 
     def step(self, ids: list[list[int]], labels: list[int]) -> dict:
         """Train on one incoming batch (plus the hard buffer); the step's record: the batch's loss before the

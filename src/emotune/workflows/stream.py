@@ -83,6 +83,7 @@ class Strategy:
     hard_buffer: bool = False  # train on the recent highest-loss examples too
 
 
+EVAL_SPLITS = ("validation", "test")
 STREAMS: Registry[Callable[["StreamConfig"], Stream]] = Registry("stream")
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 for _s in (Strategy("online-lora", "Online-LoRA: merge and restart at loss plateaus, MAS regulariser, hard buffer",
@@ -105,8 +106,10 @@ class StreamConfig:
                                       "(all segments shuffled together, as many steps: the upper bound).")
     segment_size: int | list[int] = _f(600, "Training examples per segment (a seeded sample of the data set's "
                                             "training split); a list gives each segment its own.")
-    eval_size: int = _f(300, "Held-out examples per segment (at most; a seeded sample of the validation split, "
-                             "carved from train where a data set has none, as MR).")
+    eval_size: int = _f(300, "Held-out examples per segment (at most; a seeded sample of `stream.eval_split`).")
+    eval_split: str = _f("validation", "Where the held-out examples come from: `validation` (carved from train "
+                                       "where a data set has none, as MR) while choosing settings, `test` once for "
+                                       "the chosen ones.")
     domains: list[str] = _f(["mr", "semeval2017a", "emotion"], "domain-drift: the data sets in stream order "
                                                                "(each has a map to the shared labels).")
     groups: list[list[str]] = _f([["sadness", "joy"], ["love", "anger"], ["fear", "surprise"]],
@@ -124,6 +127,10 @@ class StreamConfig:
     hard_buffer: int = _f(8, "Online-LoRA: the highest-loss recent examples kept, trained on with every batch and "
                              "used for the importances. 0: none.")
     hard_loss: bool = _f(True, "Online-LoRA: add the hard buffer's loss to each batch's (the official default).")
+    labels_trick: bool = _f(False, "Every strategy: the cross-entropy of a batch (and of the hard buffer) only "
+                                   "over the classes among its labels (the 'labels trick', Zeno et al. 2018), so "
+                                   "training on new classes does not push down the logits of classes it does not "
+                                   "show. Needs no task boundaries.")
     boundary_tolerance: int = _f(30, "A true boundary counts as detected when a plateau falls within this many "
                                      "batches from it.")
     max_length: int = _f(128, "Truncate texts to this many tokens.")
@@ -147,6 +154,8 @@ class StreamConfig:
         _positive("stream.mean_threshold", self.mean_threshold)
         _positive("stream.variance_threshold", self.variance_threshold)
         _in_range("stream.reg_weight", self.reg_weight, 0, None)
+        if self.eval_split not in EVAL_SPLITS:
+            raise ConfigError(f"stream.eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
         if self.reg_scope not in REG_SCOPES:
             raise ConfigError(f"stream.reg_scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
         if not isinstance(self.domains, list) or not self.domains or len(set(self.domains)) != len(self.domains):
@@ -264,7 +273,7 @@ def domain_drift(cfg: StreamConfig) -> Stream:
             raise DataError(f"data set {name!r}: label(s) {', '.join(unmapped)} have no map to "
                             f"{'/'.join(SHARED_LABELS)}")
         to_shared = [SHARED_LABELS.index(DOMAIN_MAPS[name][label]) for label in data.label_names]
-        segments.append(_segment(name, _mapped(data["train"], to_shared), _mapped(data["validation"], to_shared),
+        segments.append(_segment(name, _mapped(data["train"], to_shared), _mapped(data[cfg.eval_split], to_shared),
                                  size, cfg))
     return Stream("domain-drift", list(SHARED_LABELS), segments, {d: DOMAIN_MAPS[d] for d in cfg.domains})
 
@@ -281,7 +290,7 @@ def class_incremental(cfg: StreamConfig) -> Stream:
             keep = [i for i, y in enumerate(split.labels) if y in ids]
             return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
-        segments.append(_segment("+".join(group), only(data["train"]), only(data["validation"]), size, cfg))
+        segments.append(_segment("+".join(group), only(data["train"]), only(data[cfg.eval_split]), size, cfg))
     return Stream("class-incremental", list(data.label_names), segments, {"+".join(g): g for g in cfg.groups})
 
 
@@ -374,7 +383,7 @@ def online_settings(s: StreamConfig, run: RunConfig, strategy: Strategy, default
         betas=tuple(run.train.betas), max_grad_norm=run.train.max_grad_norm, window=s.window,
         mean_threshold=s.mean_threshold, variance_threshold=s.variance_threshold, merge=strategy.merge,
         regularise=strategy.regularise and s.reg_weight > 0, reg_weight=s.reg_weight, reg_scope=s.reg_scope,
-        hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss)
+        hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss, labels_trick=s.labels_trick)
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
