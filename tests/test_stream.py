@@ -116,6 +116,17 @@ def test_merge_and_restart_keeps_the_predictions(learner_parts):
     assert learner.regulariser.penalty(learner.regularised()) > 0
 
 
+def test_without_hard_loss_the_buffer_only_ranks_and_the_batch_still_trains(learner_parts):
+    model, method, ids, labels = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=4, hard_loss=False),
+                            torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in learner.trainable().items()}
+    for i in range(0, 24, 8):
+        learner.step(ids[i:i + 8], labels[i:i + 8])
+    assert len(learner.buffer) == 4  # kept for the importances
+    assert any(not torch.equal(p, before[n]) for n, p in learner.trainable().items())
+
+
 def test_the_labels_trick_leaves_the_classes_a_batch_does_not_show_alone(learner_parts):
     model, method, all_ids, all_labels = learner_parts
     pick = [i for i, y in enumerate(all_labels) if y in (0, 1)][:8]  # a batch of two classes out of six

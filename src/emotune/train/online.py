@@ -262,7 +262,8 @@ class OnlineLearner:
         losses = self._losses(ids, labels)
         if hard:
             with torch.set_grad_enabled(self.s.hard_loss):  # without hard_loss the buffer's losses only rank it
-                losses = torch.cat([losses, self._losses([x for x, _ in hard], [y for _, y in hard])])
+                hard_losses = self._losses([x for x, _ in hard], [y for _, y in hard])
+            losses = torch.cat([losses, hard_losses])
         batch_loss = losses[: len(ids)].mean()
         loss = batch_loss + (losses[len(ids):].mean() if hard and self.s.hard_loss else 0.0)
         penalty = torch.zeros(())
