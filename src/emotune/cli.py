@@ -175,6 +175,11 @@ def train(
                                             "machine, started through torchrun (on the CPU one thread each; "
                                             "the batch size stays the global one). Under torchrun or "
                                             "accelerate launch, leave it out."),
+    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="A DeepSpeed JSON config "
+                                            "(experiments/deepspeed/zero2.json, zero3-offload.json): ZeRO through a "
+                                            "DeepSpeed engine, \"auto\" values from this run's config (pip install "
+                                            "'emotune[deepspeed]'). accelerate launch --use_deepspeed "
+                                            "--deepspeed_config_file F passes F without it."),
 ):
     """Train a classifier; the run folder gets the config, metrics, history and best weights."""
     from . import api
@@ -207,7 +212,7 @@ def train(
                            "train.max_steps": max_steps, "train.eval_every": eval_every,
                            "train.patience": patience, "train.precision": precision, "train.seed": seed,
                            "data.max_train_samples": max_train_samples,
-                           "data.max_eval_samples": max_eval_samples})
+                           "data.max_eval_samples": max_eval_samples, "train.deepspeed": deepspeed})
     cfg = cfg.override(list(set_))  # --set values are YAML: lists, mappings, null
     from .runs import CHECKPOINT
 

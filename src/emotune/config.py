@@ -249,6 +249,12 @@ class TrainConfig:
                               "steps compile, tens of seconds on a CPU).")
     checkpoint: bool = _f(True, "Save a resumable checkpoint at every evaluation.")
     device: str = _f("auto", "`cpu`, `cuda`, `cuda:N` or `auto`.")
+    deepspeed: str | None = _f(None, "A DeepSpeed JSON config (`experiments/deepspeed/zero2.json`, "
+                                     "`zero3-offload.json`): the optimisation step runs through a DeepSpeed ZeRO "
+                                     "engine around emotune's AdamW and schedule; its \"auto\" values are filled "
+                                     "from this config (batch, accumulate, max_grad_norm, precision). Under "
+                                     "`accelerate launch --use_deepspeed --deepspeed_config_file F`, None takes F. "
+                                     "Needs `pip install 'emotune[deepspeed]'`.")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -279,6 +285,9 @@ class TrainConfig:
             raise ConfigError("train.distill_unlabeled needs train.teacher: unlabeled texts get only teacher targets")
         if self.calibration not in (None, "temperature", "vector"):
             raise ConfigError(f"train.calibration must be temperature, vector or null, got {self.calibration!r}")
+        if self.deepspeed is not None and not isinstance(self.deepspeed, str):
+            raise ConfigError(f"train.deepspeed must be the path of a DeepSpeed JSON config or null, "
+                              f"got {self.deepspeed!r}")
         if self.loss not in (None, "mse", "huber"):
             raise ConfigError(f"train.loss must be mse, huber or null, got {self.loss!r}")
 

@@ -18,7 +18,7 @@ import torch
 from ..config import RunConfig
 from ..data.encode import Encoded
 from ..data.instruct import read_instructions
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import write_json, write_text
 from ..models.causal import InstructLM, InstructTokenizer
 from ..runs import CONFIG, LABELS, TASK_STATE, Run, build_model, predictions_file
@@ -124,6 +124,10 @@ class InstructTrainer(Trainer):
                  **kw):
         super().__init__(*args, **kw)
         self.rows, self.tasks, self.tok, self.max_length = rows, tasks, tok, max_length
+        zero3 = (self.ds_config or {}).get("zero_optimization", {}).get("stage") == 3
+        if self.cfg.metric == SCORE and zero3 and self.procs.world > 1:  # the main process alone answers
+            raise ConfigError("train.metric=score with ZeRO-3 in several processes: every process would have to "
+                              "answer (ZeRO-3 gathers weights together); use train.metric=loss or ZeRO-2")
 
     def evaluate(self) -> dict:
         metrics = super().evaluate()

@@ -33,6 +33,7 @@ from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 from .precision import MasterWeights, resolve_device, resolve_precision
 from .distill import Distillation
 from .distributed import local_device, processes
+from .deepspeed_step import DeepSpeedStep, RunShape, check_switches, config_path, fill_config, read_config
 from .robust import Objective, apply_mixout, model_forward
 
 
@@ -146,6 +147,14 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dtype = resolve_precision(cfg.precision, self.device)
+        # train.deepspeed: the config is checked now (one-line errors before any step); the engine starts in fit,
+        # after a checkpoint's weights are in the model.
+        ds_path = config_path(cfg)
+        if ds_path is not None:
+            check_switches(cfg)
+        self.ds_config = fill_config(read_config(ds_path), RunShape(cfg, self.procs.world, self.dtype), ds_path) \
+            if ds_path else None
+        self.engine: DeepSpeedStep | None = None
         self.model = model.to(self.device)
         self.procs.sync_parameters(self.model)
         if cfg.gradient_checkpointing:
@@ -163,13 +172,15 @@ class Trainer:
         self.epoch_data, self._epoch = train, None
         self.params = parameter_counts(model)
         reset_peak_memory(self.device)  # this run's own peak, even after other runs in this process
-        self.masters = MasterWeights(self.model, self.dtype)
+        # Under DeepSpeed the engine keeps the float32 masters and low-precision copies itself.
+        self.masters = MasterWeights(self.model, torch.float32 if self.ds_config else self.dtype)
         named_masters = list(self.masters.state_dict().items())
         unknown = set(lr_scales or {}) - {n for n, _ in named_masters}
         if unknown:
             raise ConfigError(f"learning-rate scales for parameters that do not train: {sorted(unknown)[:3]}")
         self.optimizer = make_optimizer(optimizer_groups(named_masters, cfg.weight_decay, lr_scales), cfg, lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.plain_groups = self.optimizer.state_dict()["param_groups"]  # what a checkpoint records, DeepSpeed or not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16 and not self.ds_config)
         self.steps_per_epoch = math.ceil(len(self.data_of_epoch(0)) / cfg.batch_size)
         total = math.ceil(cfg.max_epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
@@ -204,11 +215,21 @@ class Trainer:
                        group_by_length=self.cfg.group_by_length)
 
     # ---- checkpoints ------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The float32 trainable weights by name (under DeepSpeed gathered from their partitions: every process
+        calls this)."""
+        return self.engine.weights() if self.engine is not None else self.masters.state_dict()
+
     def save_checkpoint(self, state: dict) -> None:
-        if not self.cfg.checkpoint or not self.procs.main:
+        if not self.cfg.checkpoint:
             return
-        tensors = {f"param.{k}": v for k, v in self.masters.state_dict().items()}
-        opt = self.optimizer.state_dict()
+        weights = self.weights()
+        if not self.procs.main:
+            return
+        tensors = {f"param.{k}": v for k, v in weights.items()}
+        # DeepSpeed's optimizer state is partitioned and saved only in its own pickles: its runs resume with fresh
+        # AdamW moments.
+        opt = self.optimizer.state_dict() if self.engine is None else {"state": {}, "param_groups": self.plain_groups}
         for i, s in opt["state"].items():
             for k, v in s.items():
                 tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
@@ -237,13 +258,21 @@ class Trainer:
             if k.startswith("opt."):
                 _, i, name = k.split(".", 2)
                 opt_state.setdefault(int(i), {})[name] = v
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        if self.ds_config is None:  # a DeepSpeed run starts its engine from the weights with fresh moments
+            self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         return json.loads(meta["state"])
 
     # ---- the loop ---------------------------------------------------------------------------
     def predict(self, data: Encoded) -> torch.Tensor:
         """``data``'s logits in order; several processes each predict a share and all get the whole."""
+        if self.engine is not None and self.engine.stage == 3:
+            # ZeRO-3 gathers weights into the parameters during forward passes: gathered under inference mode they
+            # could not take part in the next backward, hence no_grad. Several processes gather together, so each
+            # predicts everything.
+            with torch.no_grad():
+                return predict_logits.__wrapped__(self.model, data, self.cfg.eval_batch_size, self.device,
+                                                  self.pad_id, self.dtype)
         if self.procs.world == 1:
             return predict_logits(self.model, data, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
         mine = self.procs.shard(range(len(data)))
@@ -269,6 +298,9 @@ class Trainer:
                                            "bad_evals": 0, "elapsed": 0.0, "samples": 0, "train_time": 0.0,
                                            "finished": False, "stopped_early": False}
         resumed_from = state["step"] or None
+        if self.ds_config is not None and self.engine is None:  # the engine takes the (resumed) weights as they are
+            self.engine = DeepSpeedStep(self.model, self.optimizer, self.ds_config, self.device)
+            self.forward = model_forward(self.engine.engine, self.device, self.dtype)
         # The log may hold evaluations after the checkpoint (a kill between the two): drop them.
         self.history = [h for h in read_history(self.out_dir) if h["step"] <= state["step"]]
         if self.procs.main and (state["step"] == 0 or len(self.history) != len(read_history(self.out_dir))):
@@ -316,6 +348,10 @@ class Trainer:
 
         # Restore the best weights for whatever comes next (test evaluation, saving predictions).
         self.procs.barrier()  # the main process has written them
+        deepspeed = self.deepspeed_summary()
+        if self.engine is not None:  # a plain float32 module again, for what the caller does next
+            self.engine.release()
+            self.engine, self.forward = None, model_forward(self.model, self.device, self.dtype)
         best, _ = load_tensors(self.out_dir / BEST)
         self.masters.load_state_dict(best)
         elapsed = time.perf_counter() - start
@@ -329,13 +365,21 @@ class Trainer:
             "memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "rss",
             "precision": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "lr": self.lr, "warmup_steps": self.warmup_steps, "stopped_early": stopped_early,
-            "resumed_from_step": resumed_from, "processes": self.procs.world, **self.params,
+            "resumed_from_step": resumed_from, "processes": self.procs.world, **deepspeed, **self.params,
         }
         if self.augment is not None:  # data.augment: copies per training text each epoch
             summary["augmented_copies"] = len(self.data_of_epoch(0)) // len(self.train_data) - 1
         # The checkpoint (marked finished) stays until the caller has written the final metrics: `finish`.
         return TrainResult(state["best_step"], best_eval["validation"], self.history, summary,
                            stopped_early, resumed_from)
+
+    def deepspeed_summary(self) -> dict:
+        """What metrics.json records of a DeepSpeed run (nothing without one)."""
+        if self.engine is None:
+            return {}
+        return {"deepspeed": {"config": config_path(self.cfg), "zero_stage": self.engine.stage,
+                              "offload": sorted(k for k, v in self.ds_config.get("zero_optimization", {}).items()
+                                                if k.startswith("offload_") and v.get("device", "none") != "none")}}
 
     def finish(self) -> None:
         """Free the checkpoint's space once the run's final metrics are on disk."""
@@ -364,7 +408,33 @@ class Trainer:
         return list(idx[i::n])
 
     def train_step(self, global_idx: list[int], step: int) -> torch.Tensor:
-        """One optimisation step; the batch's loss as a tensor (not read: no wait for the device). Several
+        """One optimisation step; the batch's loss as a tensor (not read: no wait for the device): emotune's own
+        step, or a DeepSpeed engine's (train.deepspeed)."""
+        return (self.plain_step if self.engine is None else self.deepspeed_step)(global_idx, step)
+
+    def deepspeed_step(self, global_idx: list[int], step: int) -> torch.Tensor:
+        """The step through the DeepSpeed engine: the same shares and weights as ``plain_step``. Every process runs
+        exactly train.accumulate micro-batches, because the engine counts them to know when to update and its
+        collectives need every process; an empty share runs the batch's first row with weight 0."""
+        world, k = self.procs.world, self.cfg.accumulate
+        idx = self.split(global_idx, world, self.procs.rank) if world > 1 else global_idx
+        self.engine.set_lr(self.lr_at(step))
+        loss = torch.zeros((), device=self.device)
+        for j in range(k):
+            part = self.split(idx, k, j) if k > 1 else idx
+            # DeepSpeed averages the processes' gradients: the factor `world` makes that average the batch's mean.
+            w = len(part) * world / len(global_idx)
+            rows = part if len(part) else self.split(global_idx, len(global_idx), 0)
+            batch, targets = self.batch_tensors(rows)
+            value = self.objective.clean_loss(self.forward, batch,
+                                              lambda logits: w * self.loss_of(logits, targets, rows),
+                                              lambda a, b: w * self.consistency(a, b, rows))
+            self.engine.backward_and_step(value)
+            loss = loss + value.detach()
+        return loss
+
+    def plain_step(self, global_idx: list[int], step: int) -> torch.Tensor:
+        """emotune's own step. Several
         processes each take their share of the batch; train.accumulate splits a share into micro-batches.
         Each part's mean loss is weighted by its share, so the gradient is the whole batch's mean."""
         idx = self.split(global_idx, self.procs.world, self.procs.rank) if self.procs.world > 1 else global_idx
@@ -403,8 +473,9 @@ class Trainer:
             append_jsonl(self.out_dir / HISTORY, entry)
         if is_better(self.cfg.metric, value, state["best"]):
             state.update(best=value, best_step=state["step"], bad_evals=0)
+            weights = self.weights()  # under DeepSpeed a collective: every process takes part
             if self.procs.main:
-                save_tensors(self.out_dir / BEST, self.masters.state_dict())
+                save_tensors(self.out_dir / BEST, weights)
         else:
             state["bad_evals"] += 1
         if self.on_evaluate:
