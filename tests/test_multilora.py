@@ -5,7 +5,6 @@ analyze` reads its dW, and bad options are one-line errors."""
 from __future__ import annotations
 
 import copy
-import csv
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from emotune.models import build_transformer
 from emotune.runs import Run
 
 from .conftest import tiny_config, write_emotion_folder
+from .test_peft_methods import read_probs
 from .test_regression import write_regression_folder
 
 IDS = torch.tensor([[101, 2000, 2001, 2002, 102, 0], [101, 2003, 2004, 2005, 2006, 102]])
@@ -42,13 +42,6 @@ def multilora(model: nn.Module, **options) -> nn.Module:
 def layers(model: nn.Module) -> dict[str, MultiLoraLinear]:
     """The wrapped layers by name within the encoder (as `emotune analyze` names them)."""
     return {n: m for n, m in model.encoder.named_modules() if isinstance(m, MultiLoraLinear)}
-
-
-def read_probs(path) -> tuple[list[str], torch.Tensor]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], torch.tensor([[float(v) for k, v in r.items() if k.startswith("p_")]
-                                                     for r in rows])
 
 
 @pytest.fixture(scope="module")

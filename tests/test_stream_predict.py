@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from emotune import api
-from emotune.cli import app
 from emotune.errors import ConfigError, DataError
 from emotune.inference.predictor import Predictor
 from emotune.inference.stream import parse_shard, predict_file
 
 from .conftest import tiny_config, write_emotion_folder
+from .test_bad_input import cli, one_line_error
 from .test_serve import TEXTS
 
 
@@ -136,16 +135,6 @@ def test_a_bad_chunk_and_bytes_that_are_not_utf8(predictor, tmp_path):
 
 
 # ---- the command line ------------------------------------------------------------------------------------
-def cli(*args, input: str | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def one_line_error(r, message: str) -> None:
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert message in r.stderr, r.stderr
-    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1, r.stderr
-
-
 @pytest.mark.parametrize("spec", ["3/2", "a/b", "0/0"])
 def test_cli_bad_shard_is_one_line(run, corpus, tmp_path, spec):
     one_line_error(cli("predict", run, "--file", corpus, "--out", tmp_path / "o.jsonl", "--shard", spec), "shard")

@@ -13,12 +13,7 @@ from emotune.runs import read_history
 from emotune.tasks.classification import class_weights
 
 from .conftest import tiny_config, write_emotion_folder
-
-
-def read_probs(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return torch.tensor([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+from .test_peft_methods import read_probs
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -40,7 +35,7 @@ def test_run_folder_and_exact_reload(tiny_model, toy_data, tmp_path, method, pre
     # Reloading the run gives exactly the predictions the trained model made.
     texts = [r["text"] for r in csv.DictReader(open(out / "predictions_validation.csv", encoding="utf-8"))]
     reloaded = api.Predictor(out).probabilities(texts)
-    assert torch.allclose(reloaded, read_probs(out / "predictions_validation.csv"), atol=2e-6)
+    assert torch.allclose(reloaded, read_probs(out / "predictions_validation.csv")[1], atol=2e-6)
 
 
 def test_learns_the_toy_task(tiny_model, toy_data, tmp_path):
