@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Online-LoRA against naive sequential LoRA (the lower bound) and joint training (the upper bound) on both streams:
 # domain drift (MR -> SemEval-2017 4A -> Emotion on positive/negative/other, experiments/stream-drift.yaml) and
-# class-incremental Emotion (experiments/stream-classes.yaml). Prints a table per stream: final average accuracy,
-# forgetting, BWT, plateaus against the true boundaries, wall time (benchmarks/stream_table.py).
+# class-incremental Emotion (experiments/stream-classes.yaml), plus naive without the labels trick on the latter.
+# Prints a table per stream: final average accuracy, forgetting, BWT, plateaus against the true boundaries, wall
+# time (benchmarks/stream_table.py). Scored on the TEST split (stream.eval_split=test, EVAL_SPLIT to change), read
+# once for the settings in the config files, which scripts/stream_tune.sh chose on validation.
 #
 # Usage: bash scripts/stream_compare.sh DATA_DIR RUNS_DIR        # e.g. ../shared/data runs/stream
 #
@@ -20,6 +22,7 @@ RUNS=${2:?$USAGE}
 MODEL=${MODEL:-minilm}
 SIZE=${SIZE:-2000}
 EVAL_SIZE=${EVAL_SIZE:-500}
+EVAL_SPLIT=${EVAL_SPLIT:-test}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's emotune
 mkdir -p "$RUNS"
@@ -30,15 +33,23 @@ finished() {  # FOLDER: a completed stream
         2>/dev/null
 }
 
+one() {  # STREAM STRATEGY NAME [SETTINGS...]
+    local stream=$1 strategy=$2 name=$3; shift 3
+    if finished "$RUNS/$name"; then echo "$name: done"; return; fi
+    local args=()
+    for s in "$@"; do args+=(--set "$s"); done
+    start=$(date +%s)
+    python -m emotune.cli stream "$HERE/experiments/stream-$stream.yaml" --strategy "$strategy" \
+        --data-dir "$DATA" --out "$RUNS/$name" --overwrite --set "model.name=$MODEL" \
+        --set "stream.segment_size=$SIZE" --set "stream.eval_size=$EVAL_SIZE" \
+        --set "stream.eval_split=$EVAL_SPLIT" ${args[@]+"${args[@]}"} > "$RUNS/$name.log" 2>&1
+    echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
+}
+
 for stream in drift classes; do
     for strategy in online-lora naive joint; do
-        name="$stream-$strategy"
-        if finished "$RUNS/$name"; then echo "$name: done"; continue; fi
-        start=$(date +%s)
-        python -m emotune.cli stream "$HERE/experiments/stream-$stream.yaml" --strategy "$strategy" \
-            --data-dir "$DATA" --out "$RUNS/$name" --set "model.name=$MODEL" \
-            --set "stream.segment_size=$SIZE" --set "stream.eval_size=$EVAL_SIZE" > "$RUNS/$name.log" 2>&1
-        echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
+        one "$stream" "$strategy" "$stream-$strategy"
     done
 done
+one classes naive classes-naive-no-trick stream.labels_trick=false
 python "$HERE/benchmarks/stream_table.py" "$RUNS" | tee "$RUNS/table.md"

@@ -207,6 +207,15 @@ def test_the_domain_drift_stream_maps_every_domain_onto_shared_labels(drift_data
         domain_drift(StreamConfig(segment_size=100, eval_size=12, data_dir=str(drift_data)))
 
 
+def test_a_domain_without_a_test_split_has_its_test_examples_carved_from_train(drift_data):
+    stream = domain_drift(StreamConfig(segment_size=[30, 24, 36], eval_size=12, eval_split="test",
+                                       data_dir=str(drift_data)))
+    semeval = stream.segments[1]  # SemEval-2017 4A here: train and dev, no test
+    dev = {f"tweet number {i}" for i in range(200, 230)}
+    assert len(semeval.eval) == 12 and not set(semeval.eval.texts) & (set(semeval.train.texts) | dev)
+    assert [len(seg.eval) for seg in stream.segments] == [12, 12, 12]  # MR and Emotion: their own test splits
+
+
 def test_the_class_incremental_stream_brings_classes_in_groups(tmp_path):
     root = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
     stream = class_incremental(StreamConfig(kind="class-incremental", segment_size=20, eval_size=8,

@@ -107,9 +107,9 @@ class StreamConfig:
     segment_size: int | list[int] = _f(600, "Training examples per segment (a seeded sample of the data set's "
                                             "training split); a list gives each segment its own.")
     eval_size: int = _f(300, "Held-out examples per segment (at most; a seeded sample of `stream.eval_split`).")
-    eval_split: str = _f("validation", "Where the held-out examples come from: `validation` (carved from train "
-                                       "where a data set has none, as MR) while choosing settings, `test` once for "
-                                       "the chosen ones.")
+    eval_split: str = _f("validation", "Where the held-out examples come from: `validation` while choosing "
+                                       "settings, `test` once for the chosen ones; carved from the training split "
+                                       "where a data set has no such split (MR's validation, SemEval's test).")
     domains: list[str] = _f(["mr", "semeval2017a", "emotion"], "domain-drift: the data sets in stream order "
                                                                "(each has a map to the shared labels).")
     groups: list[list[str]] = _f([["sadness", "joy"], ["love", "anger"], ["fear", "surprise"]],
@@ -253,6 +253,15 @@ def _segment(name: str, train: Split, held_out: Split, size: int, cfg: StreamCon
     return Segment(name, train.head(size, cfg.seed), held_out.head(cfg.eval_size, cfg.seed))
 
 
+def _pool_and_held_out(data, cfg: StreamConfig) -> tuple[Split, Split]:
+    """The training pool and the held-out split ``stream.eval_split``; a data set without that split (SemEval-2017
+    4A has no test split) has ``stream.eval_size`` examples carved from its training split (seeded)."""
+    if cfg.eval_split in data.splits:
+        return data["train"], data[cfg.eval_split]
+    train = data["train"]
+    return train.carve(min(0.5, cfg.eval_size / max(len(train), 1)), cfg.seed)
+
+
 def _mapped(split: Split, to_shared: list[int]) -> Split:
     return Split(list(split.texts), [to_shared[y] for y in split.labels])
 
@@ -273,8 +282,8 @@ def domain_drift(cfg: StreamConfig) -> Stream:
             raise DataError(f"data set {name!r}: label(s) {', '.join(unmapped)} have no map to "
                             f"{'/'.join(SHARED_LABELS)}")
         to_shared = [SHARED_LABELS.index(DOMAIN_MAPS[name][label]) for label in data.label_names]
-        segments.append(_segment(name, _mapped(data["train"], to_shared), _mapped(data[cfg.eval_split], to_shared),
-                                 size, cfg))
+        pool, held_out = _pool_and_held_out(data, cfg)
+        segments.append(_segment(name, _mapped(pool, to_shared), _mapped(held_out, to_shared), size, cfg))
     return Stream("domain-drift", list(SHARED_LABELS), segments, {d: DOMAIN_MAPS[d] for d in cfg.domains})
 
 
@@ -290,7 +299,8 @@ def class_incremental(cfg: StreamConfig) -> Stream:
             keep = [i for i, y in enumerate(split.labels) if y in ids]
             return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
-        segments.append(_segment("+".join(group), only(data["train"]), only(data[cfg.eval_split]), size, cfg))
+        pool, held_out = _pool_and_held_out(data, cfg)
+        segments.append(_segment("+".join(group), only(pool), only(held_out), size, cfg))
     return Stream("class-incremental", list(data.label_names), segments, {"+".join(g): g for g in cfg.groups})
 
 
