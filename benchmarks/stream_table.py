@@ -5,6 +5,7 @@ least the naive one's).
 
     python benchmarks/stream_table.py RUNS_DIR          # RUNS_DIR/<stream>-<strategy>/stream.json
     python benchmarks/stream_table.py --all RUNS_DIR    # every RUNS_DIR/*/stream.json with its settings (a grid)
+    python benchmarks/stream_table.py --seeds RUNS_A RUNS_B ...   # mean ± sd over seeds (one RUNS_DIR a seed)
 
 Streams: drift, classes; strategies: online-lora, naive, joint.
 """
@@ -73,11 +74,42 @@ def grid(root: Path) -> None:
               f"{m['time']['wall_s']:.0f} |")
 
 
+def seeds(roots: list[Path]) -> None:
+    """Mean ± sample sd over seeds (one RUNS_DIR each) of each strategy's final average accuracy and forgetting,
+    and the target on the means."""
+    from statistics import mean, stdev
+
+    def ms(values: list[float]) -> str:
+        sd = f" ± {100 * stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{100 * mean(values):.1f}{sd}"
+
+    for stream, title in STREAMS.items():
+        print(f"\n### {title} ({len(roots)} seeds)\n")
+        print("| strategy | seeds | final avg acc | forgetting |")
+        print("|---|---:|---:|---:|")
+        means = {}
+        for s in STRATEGIES:
+            runs = [m for m in (load(r / f"{stream}-{s}" / "stream.json") for r in roots) if m.get("completed")]
+            if not runs:
+                continue
+            acc, fgt = [m["final_average_accuracy"] for m in runs], [m["forgetting"] for m in runs]
+            means[s] = (mean(acc), mean(fgt))
+            print(f"| {s} | {len(runs)} | {ms(acc)} | {ms(fgt)} |")
+        for label in ("naive", "naive-no-trick"):
+            if "online-lora" in means and label in means:
+                (a, f), (na, nf) = means["online-lora"], means[label]
+                print(f"\ntarget against {label}, on the means: forgetting {100 * f:.1f} vs {100 * nf:.1f} -> "
+                      f"{'met' if f <= nf / 2 else 'not met'}; accuracy {100 * a:.1f} vs {100 * na:.1f} -> "
+                      f"{'met' if a >= na else 'not met'}")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--all"] and len(args) == 2:
         grid(Path(args[1]))
+    elif args[:1] == ["--seeds"] and len(args) > 1:
+        seeds([Path(a) for a in args[1:]])
     elif len(args) == 1:
         main(Path(args[0]))
     else:
-        sys.exit("usage: python benchmarks/stream_table.py [--all] RUNS_DIR")
+        sys.exit("usage: python benchmarks/stream_table.py [--all] RUNS_DIR | --seeds RUNS_DIR...")

@@ -23,6 +23,7 @@ MODEL=${MODEL:-minilm}
 SIZE=${SIZE:-2000}
 EVAL_SIZE=${EVAL_SIZE:-500}
 EVAL_SPLIT=${EVAL_SPLIT:-test}
+SEED=${SEED:-42}  # the samples, the stream's order, the initialisation and dropout
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's emotune
 mkdir -p "$RUNS"
@@ -42,7 +43,7 @@ one() {  # STREAM STRATEGY NAME [SETTINGS...]
     python -m emotune.cli stream "$HERE/experiments/stream-$stream.yaml" --strategy "$strategy" \
         --data-dir "$DATA" --out "$RUNS/$name" --overwrite --set "model.name=$MODEL" \
         --set "stream.segment_size=$SIZE" --set "stream.eval_size=$EVAL_SIZE" \
-        --set "stream.eval_split=$EVAL_SPLIT" ${args[@]+"${args[@]}"} > "$RUNS/$name.log" 2>&1
+        --set "stream.eval_split=$EVAL_SPLIT" --set "stream.seed=$SEED" ${args[@]+"${args[@]}"} > "$RUNS/$name.log" 2>&1
     echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
 }
 
