@@ -1,9 +1,10 @@
 """Online-LoRA on a stream (`emotune stream`): the plateau detector on synthetic loss curves, merge and restart
 keeping predictions, the MAS penalty, the streams' label maps, the continual-learning metrics, and tiny end-to-end
-runs of each strategy."""
+runs of each strategy, interrupted and resumed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -18,9 +19,9 @@ from emotune.errors import ConfigError, DataError, RunError
 from emotune.runs import build_model
 from emotune.train.online import (ImportanceRegulariser, OnlineLearner, OnlineSettings, PlateauDetector,
                                   mas_importance)
-from emotune.workflows.stream import (DOMAIN_MAPS, SHARED_LABELS, STREAM_METRICS, STREAM_STEPS, STREAM_TABLE,
-                                      StreamConfig, StreamRun, class_incremental, continual_metrics, domain_drift,
-                                      match_plateaus, run_stream)
+from emotune.workflows.stream import (DOMAIN_MAPS, SHARED_LABELS, STREAM_CHECKPOINT, STREAM_METRICS, STREAM_STEPS,
+                                      STREAM_TABLE, StreamConfig, StreamRun, class_incremental, continual_metrics,
+                                      domain_drift, match_plateaus, run_stream)
 
 from .conftest import EMOTIONS, WORDS, tiny_config, write_emotion_folder
 from .test_lab_data import tweets, write_mr, write_semeval
@@ -171,6 +172,30 @@ def test_the_mas_penalty_is_zero_at_the_anchor_and_grows_with_the_distance(learn
     assert reg.updates == 2 and all(torch.allclose(reg.omega[n], omega[n] / omega_mean(omega)) for n in omega)
 
 
+def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
+    """After merge and restart the modules are the same (a fresh adapter on the merged base): a learner built
+    afresh takes the state, JSON values included, and its next step is the same as the original's."""
+    model, method, ids, labels = learner_parts
+    fresh = copy.deepcopy(model)  # as built, before any training
+    settings = OnlineSettings(lr=5e-2, hard_buffer=4)
+    learner = OnlineLearner(model, method, settings, torch.device("cpu"))
+    for i in range(0, 24, 8):
+        learner.step(ids[i:i + 8], labels[i:i + 8])
+    learner.merge_and_restart(check=ids[24:32])
+    learner.step(ids[24:32], labels[24:32])
+    tensors, values = learner.state()
+    resumed = OnlineLearner(fresh, method, settings, torch.device("cpu"))
+    resumed.load_state({k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(values)))
+    mine, theirs = learner.model.state_dict(), resumed.model.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)  # merged base too
+    assert resumed.regulariser.omega and resumed.buffer == learner.buffer and resumed.merges == learner.merges
+    rng = torch.get_rng_state()
+    expected = learner.step(ids[32:40], labels[32:40])
+    torch.set_rng_state(rng)  # the same dropout masks
+    assert resumed.step(ids[32:40], labels[32:40]) == expected and expected["penalty"] > 0
+    assert all(torch.equal(p, resumed.trainable()[n]) for n, p in learner.trainable().items())
+
+
 def omega_mean(omega: dict) -> torch.Tensor:
     return torch.cat([t.flatten() for t in omega.values()]).mean()
 
@@ -278,6 +303,7 @@ def test_emotune_stream_writes_its_metrics(strategy, tiny_model, tmp_path):
         assert m["plateaus"]["merges"] == []
     assert m["plateaus"]["boundaries"] == ([] if strategy == "joint" else [4, 7])
     assert "| after segment |" in (out / STREAM_TABLE).read_text()
+    assert not (out / STREAM_CHECKPOINT).exists()  # a finished stream has nothing to resume
     r = CliRunner().invoke(app, ["stream", str(stream_config(tmp_path, tiny_model)), "--out", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
 
@@ -336,5 +362,78 @@ def test_an_interrupted_stream_keeps_its_finished_segments(tiny_model, tmp_path,
         run_stream(cfg, tmp_path / "cut")
     m = json.loads((tmp_path / "cut" / STREAM_METRICS).read_text())
     assert m["status"] == "interrupted" and not m["completed"] and len(m["accuracy"]) == 1 and m["steps_done"] == 4
+    assert (tmp_path / "cut" / STREAM_CHECKPOINT).is_file()  # the first segment's end
     monkeypatch.setattr(OnlineLearner, "step", step)
-    assert run_stream(cfg, tmp_path / "cut")["completed"]  # an unfinished stream starts afresh, no --overwrite
+    m = run_stream(cfg, tmp_path / "cut")  # resumed, no --overwrite
+    assert m["completed"] and m["resumed_from_step"] == 3 and not (tmp_path / "cut" / STREAM_CHECKPOINT).exists()
+
+
+def cut_before(monkeypatch, step_number: int):
+    """Make ``OnlineLearner.step`` raise KeyboardInterrupt (Ctrl-C) as step ``step_number`` begins; returns the
+    real step."""
+    step = OnlineLearner.step
+
+    def cut(self, ids, labels):
+        if self.step_count == step_number - 1:
+            raise KeyboardInterrupt
+        return step(self, ids, labels)
+
+    monkeypatch.setattr(OnlineLearner, "step", cut)
+    return step
+
+
+def outputs(out) -> tuple[dict, list[dict]]:
+    return (json.loads((out / STREAM_METRICS).read_text()),
+            [json.loads(line) for line in (out / STREAM_STEPS).read_text().splitlines()])
+
+
+@pytest.mark.parametrize("strategy, every, cut, resumed_from", [("online-lora", 2, 6, 4), ("naive", 0, 5, 3)])
+def test_a_resumed_stream_ends_as_an_uninterrupted_one(strategy, every, cut, resumed_from, tiny_model, tmp_path,
+                                                       monkeypatch):
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, data_dir=str(data), strategy=strategy,
+                                            checkpoint_every=every))
+    whole, whole_steps = run_stream(cfg, tmp_path / "whole"), outputs(tmp_path / "whole")[1]
+    step = cut_before(monkeypatch, cut)
+    with pytest.raises(RunError, match=f"interrupted at step {cut - 1}.*checkpoint at step {resumed_from}"):
+        run_stream(cfg, tmp_path / "cut")
+    assert (tmp_path / "cut" / STREAM_CHECKPOINT).is_file()
+    monkeypatch.setattr(OnlineLearner, "step", step)
+    m = run_stream(cfg, tmp_path / "cut")
+    assert m["completed"] and m["resumed_from_step"] == resumed_from
+    assert not (tmp_path / "cut" / STREAM_CHECKPOINT).exists()
+    written, steps = outputs(tmp_path / "cut")
+    assert written["accuracy"] == m["accuracy"]
+    for row, expected in zip(written["accuracy"], whole["accuracy"], strict=True):
+        assert row == pytest.approx(expected, abs=1e-6)
+    assert [(s["step"], s["plateau"]) for s in steps] == [(s["step"], s["plateau"]) for s in whole_steps]
+    for s, expected in zip(steps, whole_steps):  # the same batches, dropout masks and fresh adapters
+        for key in ("loss", "window_mean", "window_variance", "penalty"):
+            assert s[key] == pytest.approx(expected[key], abs=1e-6), (s["step"], key)
+    assert written["plateaus"]["steps"] == whole["plateaus"]["steps"]
+    merges = written["plateaus"]["merges"]
+    assert [x["step"] for x in merges] == [x["step"] for x in whole["plateaus"]["merges"]]
+    if strategy == "online-lora":  # the checkpoint held merged base weights
+        assert any(x["step"] <= resumed_from for x in merges)
+    else:
+        assert merges == []
+
+
+def test_a_changed_config_is_refused_and_overwrite_starts_afresh(tiny_model, tmp_path, monkeypatch):
+    from emotune.cli import app
+
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    args = ["stream", str(stream_config(tmp_path, tiny_model)), "--out", str(tmp_path / "cut"), "--data-dir",
+            str(data)]
+    step = cut_before(monkeypatch, 5)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "checkpoint at step 3" in r.output, r.output
+    monkeypatch.setattr(OnlineLearner, "step", step)
+    r = CliRunner().invoke(app, [*args, "--set", "stream.window=3"])
+    assert r.exit_code == 2 and "different configuration" in r.output and "--overwrite" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and (tmp_path / "cut" / STREAM_CHECKPOINT).is_file()
+    r = CliRunner().invoke(app, [*args, "--set", "stream.window=3", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "cut" / STREAM_METRICS).read_text())
+    assert m["completed"] and m["resumed_from_step"] is None and m["config"]["stream"]["window"] == 3
+    assert not (tmp_path / "cut" / STREAM_CHECKPOINT).exists()

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.encode import collate
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
 from ..methods import METHODS, apply_method, merge_adapter
 from ..methods.peft_common import NORM_TYPES
 from .precision import autocast
@@ -309,3 +309,58 @@ class OnlineLearner:
         record = {"step": self.step_count, "max_logit_change": change, "importance_updates": self.regulariser.updates}
         self.merges.append(record)
         return record
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What resuming needs, as (tensors, JSON values): the whole model (merges change the base weights), the
+        optimiser's moments, the regulariser's importances and anchor; the hard buffer, the detector, the step
+        count and the merges. A merge rebuilds the same modules (a fresh adapter on the merged base), so a freshly
+        built learner takes this state as it is."""
+        tensors = {f"model.{k}": v for k, v in _unshared(self.model.state_dict()).items()}
+        for i, s in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"opt.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v) for k, v in s.items()})
+        tensors.update({f"omega.{n}": t for n, t in self.regulariser.omega.items()})
+        tensors.update({f"anchor.{n}": t for n, t in self.regulariser.anchor.items()})
+        d = self.detector
+        values = {"step_count": self.step_count, "merges": self.merges, "trainable": list(self.trainable()),
+                  "importance_updates": self.regulariser.updates, "buffer": [[x, y] for x, y in self.buffer],
+                  "detector": {"losses": list(d.losses), "armed": d.armed, "last_mean": d.last_mean,
+                               "last_variance": d.last_variance, "mean": d.mean, "variance": d.variance}}
+        return tensors, values
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        """Continue from what ``state`` returned (on a learner built with the same model, method and settings)."""
+        if values["trainable"] != list(self.trainable()):  # the optimiser's state is by position: same parameters
+            raise RunError("the checkpoint's trainable parameters differ from the model's")
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in tensors.items():
+            kind, _, name = key.partition(".")
+            parts.setdefault(kind, {})[name] = t
+        self.model.load_state_dict(parts.get("model", {}), strict=True)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, t in parts.get("opt", {}).items():
+            i, _, k = name.partition(".")
+            opt_state.setdefault(int(i), {})[k] = t
+        self.optimizer.load_state_dict({**self.optimizer.state_dict(), "state": opt_state})
+        self.regulariser.omega = {n: t.to(self.device) for n, t in parts.get("omega", {}).items()}
+        self.regulariser.anchor = {n: t.to(self.device) for n, t in parts.get("anchor", {}).items()}
+        self.regulariser.updates = values["importance_updates"]
+        self.buffer = [(list(x), int(y)) for x, y in values["buffer"]]
+        self.step_count, self.merges = values["step_count"], list(values["merges"])
+        d = values["detector"]
+        self.detector.losses = deque(d["losses"], maxlen=self.detector.window)
+        for k in ("armed", "last_mean", "last_variance", "mean", "variance"):
+            setattr(self.detector, k, d[k])
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with a copy of any that shares memory with an earlier one (tied weights): safetensors refuses
+    shared tensors."""
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
+        out[k] = t.clone() if ptr in seen else t
+        if ptr != -1:
+            seen.add(ptr)
+    return out

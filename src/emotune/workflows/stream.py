@@ -16,6 +16,10 @@ accuracy matrix ``acc[i][j]`` (segment j's accuracy after segment i) and from it
 ``joint`` reads the same examples shuffled together (one pass, as many steps); its "segments" end at the same
 shares of its steps as the true segments' shares of the examples, so the same matrix is measured at the same
 points.
+
+The learner's whole state is checkpointed at each segment's end and every ``stream.checkpoint_every`` steps
+(DIR/checkpoint.safetensors), so the same command run again resumes an interrupted stream, which then ends with
+the metrics of an uninterrupted one; the checkpoint goes when the stream completes.
 """
 
 from __future__ import annotations
@@ -36,16 +40,17 @@ from ..data.base import Split
 from ..data.emotion import LABELS as EMOTION_LABELS
 from ..data.encode import Encoded, batches, encode
 from ..errors import ConfigError, DataError, RunError
-from ..io import write_json, write_text
+from ..io import load_tensors, remove_stale_tmp, save_tensors, write_json, write_text
 from ..methods import method_options
 from ..registry import Registry
-from ..runs import build_model, run_lock
+from ..runs import CHECKPOINT, build_model, run_lock
 from ..train.evaluate import predict_logits
 from ..train.online import REG_SCOPES, OnlineLearner, OnlineSettings, check_restartable
 from ..train.precision import resolve_device, resolve_precision
 
 STREAM_METRICS, STREAM_TABLE, STREAM_STEPS, STREAM_CONFIG = "stream.json", "stream.md", "steps.jsonl", "stream.yaml"
-STREAM_FILES = (STREAM_METRICS, STREAM_TABLE, STREAM_STEPS, STREAM_CONFIG)
+STREAM_CHECKPOINT = CHECKPOINT  # the learner's whole state, to resume from; removed when the stream completes
+STREAM_FILES = (STREAM_METRICS, STREAM_TABLE, STREAM_STEPS, STREAM_CONFIG, STREAM_CHECKPOINT)
 
 # domain-drift's shared label space and each domain's map into it (every label of a domain must be mapped).
 SHARED_LABELS = ["positive", "negative", "other"]
@@ -134,6 +139,9 @@ class StreamConfig:
     boundary_tolerance: int = _f(30, "A true boundary counts as detected when a plateau falls within this many "
                                      "batches from it.")
     max_length: int = _f(128, "Truncate texts to this many tokens.")
+    checkpoint_every: int = _f(50, "Save the learner's state every this many steps (and at each segment's end), "
+                                   "so that running the same command again resumes an interrupted stream. 0: only "
+                                   "at segment ends.")
     seed: int = _f(42, "Seeds the samples, the order of the stream, the model's initialisation and dropout "
                        "(train.seed is set to it).")
     data_dir: str | None = _f(None, "Local root holding emotion/, mr/, semeval2017a/; default $EMOTUNE_DATA_DIR.")
@@ -150,6 +158,7 @@ class StreamConfig:
             _at_least(f"stream.{name}", getattr(self, name), 1)
         _at_least("stream.window", self.window, 2)
         _at_least("stream.hard_buffer", self.hard_buffer, 0)
+        _at_least("stream.checkpoint_every", self.checkpoint_every, 0)
         _at_least("stream.seed", self.seed, None)
         _positive("stream.mean_threshold", self.mean_threshold)
         _positive("stream.variance_threshold", self.variance_threshold)
@@ -396,25 +405,73 @@ def online_settings(s: StreamConfig, run: RunConfig, strategy: Strategy, default
         hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss, labels_trick=s.labels_trick)
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    """Refuse a finished stream in ``out`` without ``overwrite``; clear what an earlier (or interrupted) one left."""
-    metrics = out / STREAM_METRICS
-    if metrics.is_file() and not overwrite:
-        try:
-            finished = json.loads(metrics.read_text(encoding="utf-8")).get("completed")
-        except ValueError:
-            finished = False
-        if finished:
-            raise RunError(f"{out}: a finished stream is already there; choose another --out or pass --overwrite")
+def _finished(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / STREAM_METRICS).read_text(encoding="utf-8")).get("completed"))
+    except (OSError, ValueError):
+        return False
+
+
+def _same_config(out: Path, cfg: StreamRun) -> bool:
+    """Whether ``out``'s stream.yaml holds ``cfg`` (both read back from YAML, so tuples and lists compare equal)."""
+    try:
+        saved = yaml.safe_load((out / STREAM_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return saved == yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _prepare(out: Path, cfg: StreamRun, overwrite: bool) -> bool:
+    """Refuse a finished stream in ``out`` without ``overwrite``, and an interrupted one with another config; True
+    when there is a checkpoint to resume, else clear what an earlier (or interrupted) stream left."""
+    remove_stale_tmp(out)  # a checkpoint's temporary file after a kill -9
+    if not overwrite and _finished(out):
+        (out / STREAM_CHECKPOINT).unlink(missing_ok=True)  # left by a kill between the final metrics and its removal
+        raise RunError(f"{out}: a finished stream is already there; choose another --out or pass --overwrite")
+    if not overwrite and (out / STREAM_CHECKPOINT).is_file():
+        if not _same_config(out, cfg):
+            raise RunError(f"{out}: holds an interrupted stream with a different configuration; "
+                           "pass --overwrite to start afresh")
+        return True
     for name in STREAM_FILES:
         (out / name).unlink(missing_ok=True)
+    return False
+
+
+def _save_checkpoint(out: Path, learner: OnlineLearner, m: dict, records: list[dict]) -> None:
+    """The learner's state, the metrics and step records so far, and the RNG state (dropout, fresh adapters), in
+    one safetensors file (written then renamed: a kill leaves the previous checkpoint)."""
+    tensors, values = learner.state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if learner.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(learner.device)
+    meta = {"learner": json.dumps(values), "metrics": json.dumps(m), "records": json.dumps(records)}
+    save_tensors(out / STREAM_CHECKPOINT, tensors, meta)
+
+
+def _resume(out: Path, learner: OnlineLearner, stream: dict) -> tuple[dict, list[dict]]:
+    """Load ``out``'s checkpoint into ``learner`` and the RNGs; (the metrics, the step records) it saved. The
+    stream just built (``stream``: segments, sizes, steps, labels) must be the checkpoint's."""
+    tensors, meta = load_tensors(out / STREAM_CHECKPOINT)
+    m = json.loads(meta["metrics"])
+    if m["stream"] != stream:
+        raise RunError(f"{out}: the interrupted stream was built from other data (its segments differ); restore "
+                       "the data or pass --overwrite to start afresh")
+    rng = {k: tensors.pop(k) for k in ("rng.torch", "rng.cuda") if k in tensors}
+    learner.load_state(tensors, json.loads(meta["learner"]))
+    torch.set_rng_state(rng["rng.torch"])
+    if "rng.cuda" in rng and learner.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["rng.cuda"], learner.device)
+    return m, json.loads(meta["records"])
 
 
 def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
                echo: Callable[[str], None] | None = None) -> dict:
     """Build the stream, train on it once with ``stream.strategy`` and write DIR/stream.json, stream.md (the
     table), steps.jsonl (every step's loss, window statistics and plateau) and stream.yaml (the config). The
-    metrics are rewritten after every segment, so an interrupted stream keeps its finished segments'."""
+    metrics are rewritten after every segment, and the learner's state saved at segment ends and every
+    ``stream.checkpoint_every`` steps: run again with the same config, an interrupted stream resumes from its
+    checkpoint and ends as it would have without the interruption."""
     start = time.perf_counter()
     s, run = cfg.stream, RunConfig.from_dict(cfg.run.to_dict())
     strategy = STRATEGIES.get(s.strategy)
@@ -424,7 +481,7 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
     run.train.seed = s.seed
     out = Path(out)
     with run_lock(out, "emotune stream"):
-        _prepare(out, overwrite)
+        resume = _prepare(out, cfg, overwrite)
         stream = STREAMS.get(s.kind)(s)
         texts = [t for seg in stream.segments for t in seg.train.texts]
         model, tokenizer, _ = build_model(run, len(stream.label_names), texts=texts)
@@ -458,23 +515,35 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
             "average_accuracy": [], **continual_metrics([]),
             "plateaus": {"steps": [], "merges": [], **match_plateaus([], [] if strategy.shuffled else firsts[1:],
                                                                     s.boundary_tolerance), "per_segment": []},
-            "time": {"wall_s": 0.0, "load_s": load_s, "train_s": 0.0, "eval_s": 0.0},
+            "time": {"wall_s": 0.0, "load_s": load_s, "train_s": 0.0, "eval_s": 0.0}, "resumed_from_step": None,
         }
         records: list[dict] = []
+        saved = None  # the step of the last checkpoint
+        if resume:
+            m, records = _resume(out, learner, m["stream"])
+            saved = m["resumed_from_step"] = m["steps_done"]
+            m["time"]["load_s"] += load_s
+        earlier_s = m["time"]["wall_s"]  # wall time before this run (a resumed stream's earlier runs)
 
         def write(status: str) -> None:
             p = m["plateaus"]
             p.update(match_plateaus(p["steps"], p["boundaries"], s.boundary_tolerance))
             p["per_segment"] = [sum(f <= x <= e for x in p["steps"]) for f, e in zip(firsts, ends)][:len(m["accuracy"])]
             m.update(continual_metrics(m["accuracy"]), status=status, completed=status == "complete")
-            m["time"]["wall_s"] = time.perf_counter() - start
+            m["time"]["wall_s"] = earlier_s + time.perf_counter() - start
             write_text(out / STREAM_STEPS, "".join(json.dumps(r) + "\n" for r in records))
             write_json(out / STREAM_METRICS, m)
             write_text(out / STREAM_TABLE, render_markdown(m))
 
-        segment = 0
+        def checkpoint() -> int:
+            m["time"]["wall_s"] = earlier_s + time.perf_counter() - start
+            _save_checkpoint(out, learner, m, records)
+            return m["steps_done"]
+
+        segment = len(m["accuracy"])
         try:
-            for step, idx in enumerate(order, start=1):
+            for step in range(m["steps_done"] + 1, len(order) + 1):
+                idx = order[step - 1]
                 t0 = time.perf_counter()
                 record = learner.step([ids[i] for i in idx], [labels[i] for i in idx])
                 m["time"]["train_s"] += time.perf_counter() - t0
@@ -484,6 +553,7 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
                     m["plateaus"]["steps"].append(step)
                 if "merge" in record:
                     m["plateaus"]["merges"].append(record["merge"])
+                ended = False
                 while segment < len(ends) and step == ends[segment]:
                     t0 = time.perf_counter()
                     row = [_accuracy(learner.model, evals[j], run.train.eval_batch_size, device, pad, dtype)
@@ -498,8 +568,14 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
                              f"{firsts[segment]}-{step}, {m['plateaus']['per_segment'][segment]} plateau(s); accuracy "
                              + ", ".join(f"{stream.segments[j].name} {100 * a:.1f}" for j, a in enumerate(row)))
                     segment += 1
-        except KeyboardInterrupt:
+                    ended = True
+                if step < len(order) and (ended or (s.checkpoint_every and step % s.checkpoint_every == 0)):
+                    saved = checkpoint()
+        except KeyboardInterrupt:  # perhaps mid-step, the learner's state half updated: the last checkpoint stands
             write("interrupted")
+            then = f"run the same command again to resume from its checkpoint at step {saved}" if saved else \
+                "run again to start afresh"
             raise RunError(f"interrupted at step {m['steps_done']}; {out / STREAM_METRICS} keeps the "
-                           f"{len(m['accuracy'])} finished segment(s); run again to start afresh") from None
+                           f"{len(m['accuracy'])} finished segment(s); {then}") from None
+        (out / STREAM_CHECKPOINT).unlink(missing_ok=True)  # complete: nothing to resume
     return m
