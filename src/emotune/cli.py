@@ -973,13 +973,15 @@ def stream_cmd(
     config: Path = typer.Argument(..., help="YAML with a `stream` section (kind, strategy, sizes, plateau "
                                             "thresholds, reg_weight...) plus model, method and train sections."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for stream.json, stream.md, steps.jsonl and "
-                                                          "stream.yaml (rewritten as each segment finishes)."),
+                                                          "stream.yaml (rewritten as each segment finishes) and "
+                                                          "checkpoint.safetensors (an interrupted stream resumes from "
+                                                          "it when run again with the same config)."),
     strategy: Optional[str] = typer.Option(None, help="online-lora, naive or joint (overrides stream.strategy)."),
     data_dir: Optional[str] = typer.Option(None, help="Local data root holding emotion/, mr/, semeval2017a/ "
                                                       "(overrides stream.data_dir)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Any config field: stream.window=20, method.r=4, "
                                                            "train.lr=1e-3..."),
-    overwrite: bool = typer.Option(False, help="Replace a finished stream in --out."),
+    overwrite: bool = typer.Option(False, help="Start afresh, replacing a finished or interrupted stream in --out."),
 ):
     """Task-free continual learning on a stream of mini-batches read once (Online-LoRA, or the naive and joint
     baselines): accuracy on every segment seen so far after each segment, forgetting, BWT, plateaus vs boundaries."""
