@@ -7,7 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
+import signal
 
 import pytest
 import torch
@@ -366,6 +368,26 @@ def test_an_interrupted_stream_keeps_its_finished_segments(tiny_model, tmp_path,
     monkeypatch.setattr(OnlineLearner, "step", step)
     m = run_stream(cfg, tmp_path / "cut")  # resumed, no --overwrite
     assert m["completed"] and m["resumed_from_step"] == 3 and not (tmp_path / "cut" / STREAM_CHECKPOINT).exists()
+
+
+def test_sigterm_saves_the_step_it_arrives_in_and_the_stream_resumes_there(tiny_model, tmp_path, monkeypatch):
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, data_dir=str(data)))
+    step = OnlineLearner.step
+
+    def terminated_in_step_five(self, ids, labels):
+        record = step(self, ids, labels)
+        if self.step_count == 5:  # between the checkpoints at segment ends (steps 3 and 6)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(OnlineLearner, "step", terminated_in_step_five)
+    with pytest.raises(RunError, match="resume from its checkpoint at step 5"):
+        run_stream(cfg, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / STREAM_METRICS).read_text())["status"] == "interrupted"
+    monkeypatch.setattr(OnlineLearner, "step", step)
+    m = run_stream(cfg, tmp_path / "cut")
+    assert m["completed"] and m["resumed_from_step"] == 5 and m["steps_done"] == 9
 
 
 def cut_before(monkeypatch, step_number: int):

@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,6 +31,7 @@ from .metrics import parameter_counts, peak_memory_mb, reset_peak_memory
 from .precision import MasterWeights, resolve_device, resolve_precision
 from .distill import Distillation
 from .distributed import local_device, processes
+from .stopping import stop_requests
 from .deepspeed_step import DeepSpeedStep, RunShape, check_switches, config_path, fill_config, read_config
 from .robust import Objective, apply_mixout, model_forward
 
@@ -90,30 +89,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     if hf is None or not hf.supports_gradient_checkpointing:
         raise ConfigError("train.gradient_checkpointing needs a Transformers model that supports it")
     hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-@contextmanager
-def stop_requests() -> Iterator[dict]:
-    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks at step boundaries; a second
-    Ctrl-C interrupts at once."""
-    flag = {"stop": False}
-    previous = {}
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: signals stay as they are
-            pass
-    try:
-        yield flag
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 class Trainer:

@@ -47,6 +47,7 @@ from ..runs import CHECKPOINT, build_model, run_lock
 from ..train.evaluate import predict_logits
 from ..train.online import REG_SCOPES, OnlineLearner, OnlineSettings, check_restartable
 from ..train.precision import resolve_device, resolve_precision
+from ..train.stopping import stop_requests
 
 STREAM_METRICS, STREAM_TABLE, STREAM_STEPS, STREAM_CONFIG = "stream.json", "stream.md", "steps.jsonl", "stream.yaml"
 STREAM_CHECKPOINT = CHECKPOINT  # the learner's whole state, to resume from; removed when the stream completes
@@ -542,36 +543,43 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
 
         segment = len(m["accuracy"])
         try:
-            for step in range(m["steps_done"] + 1, len(order) + 1):
-                idx = order[step - 1]
-                t0 = time.perf_counter()
-                record = learner.step([ids[i] for i in idx], [labels[i] for i in idx])
-                m["time"]["train_s"] += time.perf_counter() - t0
-                records.append(record)
-                m["steps_done"] = step
-                if record["plateau"]:
-                    m["plateaus"]["steps"].append(step)
-                if "merge" in record:
-                    m["plateaus"]["merges"].append(record["merge"])
-                ended = False
-                while segment < len(ends) and step == ends[segment]:
+            with stop_requests() as stop:
+                for step in range(m["steps_done"] + 1, len(order) + 1):
+                    idx = order[step - 1]
                     t0 = time.perf_counter()
-                    row = [_accuracy(learner.model, evals[j], run.train.eval_batch_size, device, pad, dtype)
-                           for j in range(segment + 1)]
-                    m["time"]["eval_s"] += time.perf_counter() - t0
-                    m["accuracy"].append(row)
-                    m["average_accuracy"].append(sum(row) / len(row))
-                    done = segment == len(stream.segments) - 1
-                    write("complete" if done else "running")
-                    if echo:
-                        echo(f"segment {segment + 1}/{len(stream.segments)} {stream.segments[segment].name}: steps "
-                             f"{firsts[segment]}-{step}, {m['plateaus']['per_segment'][segment]} plateau(s); accuracy "
-                             + ", ".join(f"{stream.segments[j].name} {100 * a:.1f}" for j, a in enumerate(row)))
-                    segment += 1
-                    ended = True
-                if step < len(order) and (ended or (s.checkpoint_every and step % s.checkpoint_every == 0)):
-                    saved = checkpoint()
-        except KeyboardInterrupt:  # perhaps mid-step, the learner's state half updated: the last checkpoint stands
+                    record = learner.step([ids[i] for i in idx], [labels[i] for i in idx])
+                    m["time"]["train_s"] += time.perf_counter() - t0
+                    records.append(record)
+                    m["steps_done"] = step
+                    if record["plateau"]:
+                        m["plateaus"]["steps"].append(step)
+                    if "merge" in record:
+                        m["plateaus"]["merges"].append(record["merge"])
+                    ended = False
+                    while segment < len(ends) and step == ends[segment]:
+                        t0 = time.perf_counter()
+                        row = [_accuracy(learner.model, evals[j], run.train.eval_batch_size, device, pad, dtype)
+                               for j in range(segment + 1)]
+                        m["time"]["eval_s"] += time.perf_counter() - t0
+                        m["accuracy"].append(row)
+                        m["average_accuracy"].append(sum(row) / len(row))
+                        done = segment == len(stream.segments) - 1
+                        write("complete" if done else "running")
+                        if echo:
+                            names = [seg.name for seg in stream.segments]
+                            echo(f"segment {segment + 1}/{len(names)} {names[segment]}: steps {firsts[segment]}-"
+                                 f"{step}, {m['plateaus']['per_segment'][segment]} plateau(s); accuracy "
+                                 + ", ".join(f"{names[j]} {100 * a:.1f}" for j, a in enumerate(row)))
+                        segment += 1
+                        ended = True
+                    stopping = stop["stop"] and step < len(order)  # Ctrl-C / SIGTERM: save this step, then leave
+                    every = s.checkpoint_every and step % s.checkpoint_every == 0
+                    if step < len(order) and (ended or stopping or every):
+                        saved = checkpoint()
+                    if stopping:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:  # a first Ctrl-C / SIGTERM checkpoints after its step; a second one may come
+            # mid-step, with the learner's state half updated: the last checkpoint stands
             write("interrupted")
             then = f"run the same command again to resume from its checkpoint at step {saved}" if saved else \
                 "run again to start afresh"
