@@ -27,6 +27,7 @@ import signal
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -36,6 +37,7 @@ from ..errors import ConfigError, EmotuneError, RunError
 from ..io import read_json, write_json, write_text
 from ..runs import METRICS
 from ..train.distributed import processes
+from ..train.stopping import signal_handlers
 from .settings import apply_settings, coerce, config_from, labels, load_spec
 
 FILE_KEYS = {"name", "description", "base", "set", "axes", "grids"}
@@ -288,37 +290,28 @@ def _run_parallel(todo: list[Cell], out: Path, workers: int, bar, results: list[
                                initargs=(threads, stop))
     running: dict[Future, tuple[Cell, float]] = {}
     queue = list(todo)
-    # Install both handlers explicitly: a process started in the background of a shell (nohup, CI
-    # runners, `cmd &`) inherits SIGINT as *ignored*, and Ctrl-C/SIGINT would then never reach us.
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    with ExitStack() as cleanup:  # unwound last-in first-out: the handlers restored, then the pool shut down
+        cleanup.callback(pool.shutdown, wait=True, cancel_futures=True)
+        cleanup.enter_context(signal_handlers(_raise_interrupt))  # Ctrl-C / SIGTERM: KeyboardInterrupt, below
         try:
-            previous[sig] = signal.signal(sig, _raise_interrupt)
-        except ValueError:  # not the main thread: signals stay as they are
-            pass
-    try:
-        while queue or running:
-            while queue and len(running) < workers:
-                cell = queue.pop(0)
-                bar.start(cell.name)
-                running[pool.submit(_train_cell, cell.config.to_dict(), str(out / cell.name))] = (
-                    cell, time.perf_counter())
-            done, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
-            for fut in done:
-                cell, t0 = running.pop(fut)
+            while queue or running:
+                while queue and len(running) < workers:
+                    cell = queue.pop(0)
+                    bar.start(cell.name)
+                    running[pool.submit(_train_cell, cell.config.to_dict(), str(out / cell.name))] = (
+                        cell, time.perf_counter())
+                done, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    cell, t0 = running.pop(fut)
+                    _record(_collect(fut, cell, t0, out), results, bar, on_result)
+                for cell, _ in running.values():  # show each running cell's progress from its history
+                    bar.poll(cell.name, out / cell.name, cell.config.train.metric)
+        except KeyboardInterrupt:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)  # running cells save a checkpoint and return
+            for fut, (cell, t0) in running.items():
                 _record(_collect(fut, cell, t0, out), results, bar, on_result)
-            for cell, _ in running.values():  # show each running cell's progress from its history
-                bar.poll(cell.name, out / cell.name, cell.config.train.metric)
-    except KeyboardInterrupt:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)  # running cells save a checkpoint and return
-        for fut, (cell, t0) in running.items():
-            _record(_collect(fut, cell, t0, out), results, bar, on_result)
-        raise GridInterrupted(results) from None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        pool.shutdown(wait=True, cancel_futures=True)
+            raise GridInterrupted(results) from None
     if any(r.status == "interrupted" for r in results):  # a worker was stopped (e.g. SIGTERM) on its own
         raise GridInterrupted(results)
 

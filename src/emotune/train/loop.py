@@ -409,9 +409,9 @@ class Trainer:
         return loss
 
     def plain_step(self, global_idx: list[int], step: int) -> torch.Tensor:
-        """emotune's own step. Several
-        processes each take their share of the batch; train.accumulate splits a share into micro-batches.
-        Each part's mean loss is weighted by its share, so the gradient is the whole batch's mean."""
+        """emotune's own step. Several processes each take their share of the batch; train.accumulate splits a
+        share into micro-batches. Each part's mean loss is weighted by its share, so the gradient is the whole
+        batch's mean."""
         idx = self.split(global_idx, self.procs.world, self.procs.rank) if self.procs.world > 1 else global_idx
         loss = torch.zeros((), device=self.device)
         k = min(self.cfg.accumulate, len(idx))  # 0 for a process whose share of a short last batch is empty

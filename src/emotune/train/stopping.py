@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+@contextmanager
+def signal_handlers(handler: Callable) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM while the block runs, the previous handlers restored after it. Installed
+    explicitly: a process started in the background of a shell (nohup, CI runners, `cmd &`) inherits SIGINT as
+    *ignored*, and Ctrl-C would otherwise never reach it."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 @contextmanager
@@ -13,20 +31,11 @@ def stop_requests() -> Iterator[dict]:
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks at step boundaries; a second
     Ctrl-C interrupts at once."""
     flag = {"stop": False}
-    previous = {}
 
     def handler(signum, frame):
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: signals stay as they are
-            pass
-    try:
+    with signal_handlers(handler):
         yield flag
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
