@@ -110,3 +110,20 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
     return load_file(str(path)), metadata
+
+
+def optimizer_tensors(state: dict[int, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state (``state_dict()["state"]``) as flat ``opt.<index>.<name>`` tensors for a
+    safetensors checkpoint (scalars such as Adam's step become 0-d tensors)."""
+    return {f"opt.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+            for i, per_param in state.items() for k, v in per_param.items()}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """The ``opt.`` entries of a checkpoint's ``tensors`` back as an optimizer's per-parameter state."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = t
+    return state

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.encode import Encoded, batches, collate
 from ..errors import ConfigError, Interrupted, RunError
-from ..io import append_jsonl, load_tensors, save_tensors
+from ..io import append_jsonl, load_tensors, optimizer_state, optimizer_tensors, save_tensors
 from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
 from ..tasks import Task, is_better, task_for
 from .evaluate import predict_logits
@@ -205,9 +205,7 @@ class Trainer:
         # DeepSpeed's optimizer state is partitioned and saved only in its own pickles: its runs resume with fresh
         # AdamW moments.
         opt = self.optimizer.state_dict() if self.engine is None else {"state": {}, "param_groups": self.plain_groups}
-        for i, s in opt["state"].items():
-            for k, v in s.items():
-                tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors.update(optimizer_tensors(opt["state"]))
         tensors["rng.torch"] = torch.get_rng_state()
         groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
         meta = {"state": json.dumps(state), "param_groups": json.dumps(groups),
@@ -228,13 +226,8 @@ class Trainer:
         groups = json.loads(meta["param_groups"])
         for g in groups:
             g["betas"] = tuple(g["betas"])
-        opt_state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, i, name = k.split(".", 2)
-                opt_state.setdefault(int(i), {})[name] = v
         if self.ds_config is None:  # a DeepSpeed run starts its engine from the weights with fresh moments
-            self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            self.optimizer.load_state_dict({"state": optimizer_state(tensors), "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         return json.loads(meta["state"])
 

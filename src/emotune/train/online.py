@@ -54,6 +54,7 @@ from torch import nn
 
 from ..data.encode import collate
 from ..errors import ConfigError, RunError
+from ..io import optimizer_state, optimizer_tensors
 from ..methods import METHODS, apply_method, merge_adapter
 from ..methods.peft_common import NORM_TYPES
 from .precision import autocast
@@ -317,8 +318,7 @@ class OnlineLearner:
         count and the merges. A merge rebuilds the same modules (a fresh adapter on the merged base), so a freshly
         built learner takes this state as it is."""
         tensors = {f"model.{k}": v for k, v in _unshared(self.model.state_dict()).items()}
-        for i, s in self.optimizer.state_dict()["state"].items():
-            tensors.update({f"opt.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v) for k, v in s.items()})
+        tensors.update(optimizer_tensors(self.optimizer.state_dict()["state"]))
         tensors.update({f"omega.{n}": t for n, t in self.regulariser.omega.items()})
         tensors.update({f"anchor.{n}": t for n, t in self.regulariser.anchor.items()})
         d = self.detector
@@ -337,11 +337,7 @@ class OnlineLearner:
             kind, _, name = key.partition(".")
             parts.setdefault(kind, {})[name] = t
         self.model.load_state_dict(parts.get("model", {}), strict=True)
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, t in parts.get("opt", {}).items():
-            i, _, k = name.partition(".")
-            opt_state.setdefault(int(i), {})[k] = t
-        self.optimizer.load_state_dict({**self.optimizer.state_dict(), "state": opt_state})
+        self.optimizer.load_state_dict({**self.optimizer.state_dict(), "state": optimizer_state(tensors)})
         self.regulariser.omega = {n: t.to(self.device) for n, t in parts.get("omega", {}).items()}
         self.regulariser.anchor = {n: t.to(self.device) for n, t in parts.get("anchor", {}).items()}
         self.regulariser.updates = values["importance_updates"]
