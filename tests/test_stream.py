@@ -174,12 +174,38 @@ def test_the_mas_penalty_is_zero_at_the_anchor_and_grows_with_the_distance(learn
     assert reg.updates == 2 and all(torch.allclose(reg.omega[n], omega[n] / omega_mean(omega)) for n in omega)
 
 
+def test_the_head_penalty_anchors_the_head_with_importances_of_its_own(learner_parts):
+    model, method, ids, labels = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=4, head_reg_weight=2.0),
+                            torch.device("cpu"))
+    head = learner.head()
+    assert head and all(n.startswith("head.") for n in head)
+    assert not set(head) & set(learner.regularised())  # the adapter's penalty leaves the head alone
+    for i in range(0, 24, 8):
+        learner.step(ids[i:i + 8], labels[i:i + 8])
+    learner.merge_and_restart(check=ids[24:32])
+    for reg, params in ((learner.regulariser, learner.regularised()), (learner.head_regulariser, learner.head())):
+        assert set(reg.omega) == set(params) and reg.updates == 1  # each normalised to mean 1 apart
+        assert float(torch.cat([t.flatten() for t in reg.omega.values()]).mean()) == pytest.approx(1.0)
+    assert float(learner.head_regulariser.penalty(learner.head()).detach()) == 0.0  # anchored at the plateau
+    record = learner.step(ids[24:32], labels[24:32])
+    moved = float(learner.head_regulariser.penalty(learner.head()).detach())
+    assert moved > 0
+    # the step's penalty is the sum of the two, the head's weighed by head_reg_weight
+    expected = 2.0 * sum(float((learner.head_regulariser.omega[n] * (p.detach() - learner.head_regulariser.anchor[n])
+                                ** 2).sum()) for n, p in learner.head().items())
+    assert moved == pytest.approx(expected, rel=1e-5)
+    assert record["penalty"] >= 0
+    with pytest.raises(ConfigError, match="needs reg_scope adapter"):
+        OnlineSettings(lr=1e-3, reg_scope="trainable", head_reg_weight=1.0)
+
+
 def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
     """After merge and restart the modules are the same (a fresh adapter on the merged base): a learner built
     afresh takes the state, JSON values included, and its next step is the same as the original's."""
     model, method, ids, labels = learner_parts
     fresh = copy.deepcopy(model)  # as built, before any training
-    settings = OnlineSettings(lr=5e-2, hard_buffer=4)
+    settings = OnlineSettings(lr=5e-2, hard_buffer=4, head_reg_weight=1.0)
     learner = OnlineLearner(model, method, settings, torch.device("cpu"))
     for i in range(0, 24, 8):
         learner.step(ids[i:i + 8], labels[i:i + 8])
@@ -191,6 +217,8 @@ def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
     mine, theirs = learner.model.state_dict(), resumed.model.state_dict()
     assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)  # merged base too
     assert resumed.regulariser.omega and resumed.buffer == learner.buffer and resumed.merges == learner.merges
+    assert resumed.head_regulariser.updates == learner.head_regulariser.updates
+    assert all(torch.equal(t, resumed.head_regulariser.anchor[n]) for n, t in learner.head_regulariser.anchor.items())
     rng = torch.get_rng_state()
     expected = learner.step(ids[32:40], labels[32:40])
     torch.set_rng_state(rng)  # the same dropout masks
@@ -330,6 +358,7 @@ def test_a_domain_drift_stream_runs_from_the_library(drift_data, tiny_model, tmp
     (["--set", "stream.domains=[imdb]"], "no label map for imdb"),
     ("full", "method full has no adapter that folds"),
     (["--set", "stream.reg_scope=head"], "stream.reg_scope must be one of adapter, trainable"),
+    (["--set", "stream.reg_scope=trainable", "--set", "stream.head_reg_weight=1"], "needs stream.reg_scope adapter"),
 ])
 def test_a_bad_config_is_a_one_line_error(settings, message, tiny_model, tmp_path):
     from emotune.cli import app

@@ -31,6 +31,9 @@ Where emotune differs, and why:
 - the anchor ``theta*`` is the state at the last plateau: the fresh adapter's initial values (the official code
   anchors at 0) and, with ``reg_scope: trainable``, the head and norms as they were at the plateau. The penalty
   ``lambda * sum Omega (theta - theta*)^2`` is therefore 0 right after each restart;
+- ``head_reg_weight`` (off by default) adds a second penalty of the same form on the head, with its importances
+  normalised apart from the adapter's: on a stream whose label prior shifts (a domain with a class the earlier ones
+  lack) the head is what moves, and one shared normalisation lets its few entries dwarf the adapter's;
 - the merge folds ``scale * B @ A`` into the base weight (``methods.merge_adapter``), which leaves the predictions
   unchanged; the official code adds the new factors to the old ones (A += A', B += B'), which does not.
 
@@ -167,6 +170,7 @@ class OnlineSettings:
     regularise: bool = True
     reg_weight: float = 0.1
     reg_scope: str = "adapter"
+    head_reg_weight: float = 0.0  # the head's own penalty, its importances normalised apart from the adapter's
     hard_buffer: int = 8
     hard_loss: bool = True
     labels_trick: bool = False  # cross-entropy over the classes among the labels of each pass only
@@ -174,6 +178,9 @@ class OnlineSettings:
     def __post_init__(self) -> None:
         if self.reg_scope not in REG_SCOPES:
             raise ConfigError(f"the regulariser's scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
+        if self.head_reg_weight and self.reg_scope == "trainable":
+            raise ConfigError("a separate head penalty needs reg_scope adapter (reg_scope trainable already anchors "
+                              "the head)")
 
 
 def check_restartable(method_spec: dict[str, Any]) -> None:
@@ -195,6 +202,7 @@ class OnlineLearner:
         self.device, self.dtype, self.pad_id = device, dtype, pad_id
         self.detector = PlateauDetector(settings.window, settings.mean_threshold, settings.variance_threshold)
         self.regulariser = ImportanceRegulariser(settings.reg_weight)
+        self.head_regulariser = ImportanceRegulariser(settings.head_reg_weight)
         self.buffer: list[tuple[list[int], int]] = []  # the hard examples: (token ids, label)
         self.step_count = 0
         self.merges: list[dict] = []
@@ -214,6 +222,10 @@ class OnlineLearner:
         norms = {f"{m}.{n}" if m else n for m, mod in self.model.named_modules() if isinstance(mod, NORM_TYPES)
                  for n, _ in mod.named_parameters(recurse=False)}
         return {n: p for n, p in trainable.items() if n.startswith("encoder.") and n not in norms}
+
+    def head(self) -> dict[str, nn.Parameter]:
+        """The head's trainable parameters (outside the encoder), which ``head_reg_weight`` anchors."""
+        return {n: p for n, p in self.trainable().items() if not n.startswith("encoder.")}
 
     def _optimizer(self, old: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters (no decay on 1-D ones); the moments of parameters that survive a
@@ -270,6 +282,8 @@ class OnlineLearner:
         penalty = torch.zeros(())
         if self.s.regularise and self.regulariser.omega:
             penalty = self.regulariser.penalty(self.regularised())
+            if self.head_regulariser.omega:
+                penalty = penalty + self.head_regulariser.penalty(self.head())
             loss = loss + penalty.to(loss.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -296,9 +310,15 @@ class OnlineLearner:
         folded into the frozen base and a fresh one starts, and the regulariser anchors there. Returns the merge's
         record, with the largest change of any logit of ``check`` + the hard examples (0 up to rounding)."""
         examples = [x for x, _ in self.buffer] or list(check or [])
+        head = self.head() if self.s.head_reg_weight else {}
         if self.s.regularise and examples:
-            self.regulariser.accumulate(mas_importance(self.model, self.regularised(), examples, self.device,
-                                                       self.dtype, self.pad_id))
+            # One pass for both penalties; each normalises its own importances, so the head's few entries do not
+            # dwarf the adapter's (what made reg_scope trainable pin the head).
+            importance = mas_importance(self.model, {**self.regularised(), **head}, examples, self.device,
+                                        self.dtype, self.pad_id)
+            self.regulariser.accumulate({n: t for n, t in importance.items() if n not in head})
+            if head:
+                self.head_regulariser.accumulate({n: importance[n] for n in head})
         shown = examples + list(check or [])
         before = self.logits(shown) if shown else None
         merge_adapter(self.model)  # the adapter's update is now part of the (frozen) base weights
@@ -306,6 +326,8 @@ class OnlineLearner:
         self.model.to(self.device).train()
         self.optimizer = self._optimizer(self.optimizer)
         self.regulariser.anchor_at(self.regularised())
+        if self.s.head_reg_weight:
+            self.head_regulariser.anchor_at(self.head())
         change = float((self.logits(shown) - before).abs().max()) if shown else 0.0
         record = {"step": self.step_count, "max_logit_change": change, "importance_updates": self.regulariser.updates}
         self.merges.append(record)
@@ -321,9 +343,12 @@ class OnlineLearner:
         tensors.update(optimizer_tensors(self.optimizer.state_dict()["state"]))
         tensors.update({f"omega.{n}": t for n, t in self.regulariser.omega.items()})
         tensors.update({f"anchor.{n}": t for n, t in self.regulariser.anchor.items()})
+        tensors.update({f"head_omega.{n}": t for n, t in self.head_regulariser.omega.items()})
+        tensors.update({f"head_anchor.{n}": t for n, t in self.head_regulariser.anchor.items()})
         d = self.detector
         values = {"step_count": self.step_count, "merges": self.merges, "trainable": list(self.trainable()),
-                  "importance_updates": self.regulariser.updates, "buffer": [[x, y] for x, y in self.buffer],
+                  "importance_updates": self.regulariser.updates,
+                  "head_importance_updates": self.head_regulariser.updates, "buffer": [[x, y] for x, y in self.buffer],
                   "detector": {"losses": list(d.losses), "armed": d.armed, "last_mean": d.last_mean,
                                "last_variance": d.last_variance, "mean": d.mean, "variance": d.variance}}
         return tensors, values
@@ -341,6 +366,9 @@ class OnlineLearner:
         self.regulariser.omega = {n: t.to(self.device) for n, t in parts.get("omega", {}).items()}
         self.regulariser.anchor = {n: t.to(self.device) for n, t in parts.get("anchor", {}).items()}
         self.regulariser.updates = values["importance_updates"]
+        self.head_regulariser.omega = {n: t.to(self.device) for n, t in parts.get("head_omega", {}).items()}
+        self.head_regulariser.anchor = {n: t.to(self.device) for n, t in parts.get("head_anchor", {}).items()}
+        self.head_regulariser.updates = values.get("head_importance_updates", 0)
         self.buffer = [(list(x), int(y)) for x, y in values["buffer"]]
         self.step_count, self.merges = values["step_count"], list(values["merges"])
         d = values["detector"]

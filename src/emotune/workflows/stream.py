@@ -130,6 +130,10 @@ class StreamConfig:
                                 "theta*)^2 (Omega: MAS importances normalised to mean 1). 0: off.")
     reg_scope: str = _f("adapter", "What the penalty anchors: `adapter` (the LoRA's A and B, as the paper) or "
                                    "`trainable` (also the head and the norms, at their values at the last plateau).")
+    head_reg_weight: float = _f(0.0, "Weight of a separate penalty on the head, anchored at the last plateau, with "
+                                     "its MAS importances normalised to mean 1 on their own (an emotune addition: "
+                                     "the head carries a stream's label-prior shifts, which the adapter-only "
+                                     "penalty leaves free). Needs reg_scope adapter. 0: off (the paper).")
     hard_buffer: int = _f(8, "Online-LoRA: the highest-loss recent examples kept, trained on with every batch and "
                              "used for the importances. 0: none.")
     hard_loss: bool = _f(True, "Online-LoRA: add the hard buffer's loss to each batch's (the official default).")
@@ -164,10 +168,13 @@ class StreamConfig:
         _positive("stream.mean_threshold", self.mean_threshold)
         _positive("stream.variance_threshold", self.variance_threshold)
         _in_range("stream.reg_weight", self.reg_weight, 0, None)
+        _in_range("stream.head_reg_weight", self.head_reg_weight, 0, None)
         if self.eval_split not in EVAL_SPLITS:
             raise ConfigError(f"stream.eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
         if self.reg_scope not in REG_SCOPES:
             raise ConfigError(f"stream.reg_scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
+        if self.head_reg_weight and self.reg_scope != "adapter":
+            raise ConfigError("stream.head_reg_weight needs stream.reg_scope adapter (trainable anchors the head already)")
         if not isinstance(self.domains, list) or not self.domains or len(set(self.domains)) != len(self.domains):
             raise ConfigError("stream.domains must be a list of different data sets, e.g. [mr, semeval2017a, emotion]")
         unknown = [d for d in self.domains if d not in DOMAIN_MAPS]
@@ -402,7 +409,8 @@ def online_settings(s: StreamConfig, run: RunConfig, strategy: Strategy, default
         lr=run.train.lr if run.train.lr is not None else default_lr, weight_decay=run.train.weight_decay,
         betas=tuple(run.train.betas), max_grad_norm=run.train.max_grad_norm, window=s.window,
         mean_threshold=s.mean_threshold, variance_threshold=s.variance_threshold, merge=strategy.merge,
-        regularise=strategy.regularise and s.reg_weight > 0, reg_weight=s.reg_weight, reg_scope=s.reg_scope,
+        regularise=strategy.regularise and (s.reg_weight > 0 or s.head_reg_weight > 0), reg_weight=s.reg_weight,
+        reg_scope=s.reg_scope, head_reg_weight=s.head_reg_weight,
         hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss, labels_trick=s.labels_trick)
 
 
