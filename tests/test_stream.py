@@ -488,3 +488,18 @@ def test_a_changed_config_is_refused_and_overwrite_starts_afresh(tiny_model, tmp
     m = json.loads((tmp_path / "cut" / STREAM_METRICS).read_text())
     assert m["completed"] and m["resumed_from_step"] is None and m["config"]["stream"]["window"] == 3
     assert not (tmp_path / "cut" / STREAM_CHECKPOINT).exists()
+
+
+def test_a_stream_whose_texts_changed_is_not_resumed(tiny_model, tmp_path, monkeypatch):
+    """Same sizes, labels and config, other texts: the checkpoint's learner saw other data, so resuming is refused
+    in one line (the data's fingerprint is part of the stream's description)."""
+    data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
+    cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, data_dir=str(data)))
+    step = cut_before(monkeypatch, 5)
+    with pytest.raises(RunError, match="checkpoint at step 3"):
+        run_stream(cfg, tmp_path / "cut")
+    monkeypatch.setattr(OnlineLearner, "step", step)
+    write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36, seed=1)  # the same shape, other words
+    with pytest.raises(RunError, match="built from other data") as e:
+        run_stream(cfg, tmp_path / "cut")
+    assert "\n" not in str(e.value) and (tmp_path / "cut" / STREAM_CHECKPOINT).is_file()

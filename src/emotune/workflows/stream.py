@@ -45,6 +45,7 @@ from ..methods import method_options
 from ..registry import Registry
 from ..runs import CHECKPOINT, build_model, run_lock
 from ..train.evaluate import predict_logits
+from ..train.loop import data_fingerprint
 from ..train.online import REG_SCOPES, OnlineLearner, OnlineSettings, check_restartable
 from ..train.precision import resolve_device, resolve_precision
 from ..train.stopping import stop_requests
@@ -464,7 +465,7 @@ def _resume(out: Path, learner: OnlineLearner, stream: dict) -> tuple[dict, list
     tensors, meta = load_tensors(out / STREAM_CHECKPOINT)
     m = json.loads(meta["metrics"])
     if m["stream"] != stream:
-        raise RunError(f"{out}: the interrupted stream was built from other data (its segments differ); restore "
+        raise RunError(f"{out}: the interrupted stream was built from other data (its segments or texts differ); restore "
                        "the data or pass --overwrite to start afresh")
     rng = {k: tensors.pop(k) for k in ("rng.torch", "rng.cuda") if k in tensors}
     learner.load_state(tensors, json.loads(meta["learner"]))
@@ -472,6 +473,29 @@ def _resume(out: Path, learner: OnlineLearner, stream: dict) -> tuple[dict, list
     if "rng.cuda" in rng and learner.device.type == "cuda":
         torch.cuda.set_rng_state(rng["rng.cuda"], learner.device)
     return m, json.loads(meta["records"])
+
+
+def _new_metrics(cfg: StreamRun, stream: Stream, strategy: Strategy, settings: OnlineSettings, firsts: list[int],
+                 ends: list[int], steps: int, load_s: float, fingerprint: str) -> dict:
+    """stream.json's contents before the first step. ``stream`` (with the data's fingerprint) is what a resumed
+    stream must match."""
+    s = cfg.stream
+    description = (f"{strategy.name}: {strategy.description}; {len(stream.segments)} segments of "
+                   f"{', '.join(str(len(seg.train)) for seg in stream.segments)} training examples in batches of "
+                   f"{s.batch_size}, {steps} steps")
+    return {
+        "completed": False, "status": "running", "strategy": strategy.name,
+        "stream": {"kind": stream.kind, "description": description, "label_names": stream.label_names,
+                   "labels": stream.labels, "data": fingerprint,
+                   "segments": [{"name": seg.name, "train": len(seg.train), "eval": len(seg.eval),
+                                 "first_step": f, "last_step": e}
+                                for seg, f, e in zip(stream.segments, firsts, ends)]},
+        "config": cfg.to_dict(), "lr": settings.lr, "steps": steps, "steps_done": 0, "accuracy": [],
+        "average_accuracy": [], **continual_metrics([]),
+        "plateaus": {"steps": [], "merges": [], **match_plateaus([], [] if strategy.shuffled else firsts[1:],
+                                                                s.boundary_tolerance), "per_segment": []},
+        "time": {"wall_s": 0.0, "load_s": load_s, "train_s": 0.0, "eval_s": 0.0}, "resumed_from_step": None,
+    }
 
 
 def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
@@ -510,22 +534,9 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
         load_s = time.perf_counter() - start
         write_text(out / STREAM_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         firsts = [1] + [e + 1 for e in ends[:-1]]
-        description = (f"{strategy.name}: {strategy.description}; {len(stream.segments)} segments of "
-                       f"{', '.join(str(len(seg.train)) for seg in stream.segments)} training examples in batches of "
-                       f"{s.batch_size}, {len(order)} steps")
-        m: dict = {
-            "completed": False, "status": "running", "strategy": strategy.name,
-            "stream": {"kind": stream.kind, "description": description, "label_names": stream.label_names,
-                       "labels": stream.labels,
-                       "segments": [{"name": seg.name, "train": len(seg.train), "eval": len(seg.eval),
-                                     "first_step": f, "last_step": e}
-                                    for seg, f, e in zip(stream.segments, firsts, ends)]},
-            "config": cfg.to_dict(), "lr": settings.lr, "steps": len(order), "steps_done": 0, "accuracy": [],
-            "average_accuracy": [], **continual_metrics([]),
-            "plateaus": {"steps": [], "merges": [], **match_plateaus([], [] if strategy.shuffled else firsts[1:],
-                                                                    s.boundary_tolerance), "per_segment": []},
-            "time": {"wall_s": 0.0, "load_s": load_s, "train_s": 0.0, "eval_s": 0.0}, "resumed_from_step": None,
-        }
+        held_out = Encoded([x for e in evals for x in e.ids], [y for e in evals for y in e.labels])
+        fingerprint = data_fingerprint(Encoded(ids + held_out.ids, labels + held_out.labels), stream.label_names)
+        m = _new_metrics(cfg, stream, strategy, settings, firsts, ends, len(order), load_s, fingerprint)
         records: list[dict] = []
         saved = None  # the step of the last checkpoint
         if resume:
@@ -549,6 +560,21 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
             _save_checkpoint(out, learner, m, records)
             return m["steps_done"]
 
+        def end_segment(segment: int, step: int) -> None:
+            """Score every segment seen so far, add the row and write the metrics."""
+            t0 = time.perf_counter()
+            row = [_accuracy(learner.model, evals[j], run.train.eval_batch_size, device, pad, dtype)
+                   for j in range(segment + 1)]
+            m["time"]["eval_s"] += time.perf_counter() - t0
+            m["accuracy"].append(row)
+            m["average_accuracy"].append(sum(row) / len(row))
+            write("complete" if segment == len(stream.segments) - 1 else "running")
+            if echo:
+                names = [seg.name for seg in stream.segments]
+                echo(f"segment {segment + 1}/{len(names)} {names[segment]}: steps {firsts[segment]}-{step}, "
+                     f"{m['plateaus']['per_segment'][segment]} plateau(s); accuracy "
+                     + ", ".join(f"{names[j]} {100 * a:.1f}" for j, a in enumerate(row)))
+
         segment = len(m["accuracy"])
         try:
             with stop_requests() as stop:
@@ -563,23 +589,10 @@ def run_stream(cfg: StreamRun, out: str | Path, *, overwrite: bool = False,
                         m["plateaus"]["steps"].append(step)
                     if "merge" in record:
                         m["plateaus"]["merges"].append(record["merge"])
-                    ended = False
+                    ended = segment < len(ends) and step == ends[segment]
                     while segment < len(ends) and step == ends[segment]:
-                        t0 = time.perf_counter()
-                        row = [_accuracy(learner.model, evals[j], run.train.eval_batch_size, device, pad, dtype)
-                               for j in range(segment + 1)]
-                        m["time"]["eval_s"] += time.perf_counter() - t0
-                        m["accuracy"].append(row)
-                        m["average_accuracy"].append(sum(row) / len(row))
-                        done = segment == len(stream.segments) - 1
-                        write("complete" if done else "running")
-                        if echo:
-                            names = [seg.name for seg in stream.segments]
-                            echo(f"segment {segment + 1}/{len(names)} {names[segment]}: steps {firsts[segment]}-"
-                                 f"{step}, {m['plateaus']['per_segment'][segment]} plateau(s); accuracy "
-                                 + ", ".join(f"{names[j]} {100 * a:.1f}" for j, a in enumerate(row)))
+                        end_segment(segment, step)
                         segment += 1
-                        ended = True
                     stopping = stop["stop"] and step < len(order)  # Ctrl-C / SIGTERM: save this step, then leave
                     every = s.checkpoint_every and step % s.checkpoint_every == 0
                     if step < len(order) and (ended or stopping or every):
