@@ -158,6 +158,8 @@ class DeepSpeedStep:
         _process_group(device)
         self.model, self.config = model, config
         self.stage = config.get("zero_optimization", {}).get("stage", 0)
+        # What each parameter carries before ZeRO-3 adds its own attributes to it (release removes those).
+        self.own_attributes = {id(p): set(vars(p)) for p in model.parameters()}
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -183,8 +185,14 @@ class DeepSpeedStep:
         return out
 
     def release(self) -> None:
-        """Hand the module back as a plain float32 one (ZeRO-3: every parameter gathered whole, hooks removed) for
-        what follows training: the best weights loaded, evaluation and predictions by the main process alone."""
+        """Hand the module back as a plain float32 one for what follows training (the best weights loaded,
+        evaluation and predictions by the main process alone); a collective: every process calls it.
+
+        ZeRO-3 leaves more behind than ``engine.destroy()`` removes: the engine's forward hooks on the module,
+        each module's parameter dict that gathers a parameter when a forward reads it, and each parameter marked
+        partitioned. Left there, the first forward afterwards gathers the stale partitions over the weights the
+        module was given: the main process's lone gather waits forever for the others (2 processes hang), and in
+        one process the last step's weights silently replace the best ones. All three are removed here."""
         from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 
         full = {}
@@ -192,7 +200,17 @@ class DeepSpeedStep:
             with GatheredParameters([p]) if hasattr(p, "ds_id") else nullcontext():
                 full[n] = p.data.detach().float().clone()
         self.engine.destroy()
+        for hook in (getattr(self.engine, "module_forward_pre_hook", None),
+                     getattr(self.engine, "module_forward_post_hook", None)):
+            if hook is not None:
+                hook.remove()
+        for module in self.model.modules():
+            if hasattr(module, "_original_parameters"):  # ZeRO-3's gathering dict -> a plain one, same parameters
+                module._parameters = dict(module._parameters.items())
+                del module._original_parameters
         with torch.no_grad():
             for n, p in self.model.named_parameters():
+                for name in set(vars(p)) - self.own_attributes.get(id(p), set()):
+                    delattr(p, name)
                 p.data = full[n]
         self.model.float()

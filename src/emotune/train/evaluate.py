@@ -11,26 +11,28 @@ from ..tasks import CLASSIFICATION, Task
 from .precision import autocast
 
 
-@torch.inference_mode()
 def predict_logits(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
-                   pad_id: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Logits in the original order; batches sorted by length so little padding is computed."""
-    was_training = model.training
-    model.eval()
-    order = batches([len(x) for x in data.ids], batch_size, shuffle=False)
-    out = torch.empty(0)
-    chunks: list[tuple[list[int], torch.Tensor]] = []
-    for idx in order:
-        b = collate([data.ids[i] for i in idx], pad_id)
-        with autocast(device, dtype):
-            logits = model(**{k: v.to(device) for k, v in b.items()})
-        chunks.append((idx, logits.float().cpu()))
-    if chunks:
-        out = torch.empty(len(data), chunks[0][1].shape[-1])
-        for idx, logits in chunks:
-            out[idx] = logits
-    model.train(was_training)
-    return out
+                   pad_id: int = 0, dtype: torch.dtype = torch.float32, *, no_grad: bool = False) -> torch.Tensor:
+    """Logits in the original order; batches sorted by length so little padding is computed. Under inference mode,
+    or with ``no_grad`` under ``torch.no_grad``: for a model whose forward writes tensors into its parameters that
+    a later backward uses (DeepSpeed ZeRO-3 gathers its partitions), which inference mode would make unusable."""
+    with torch.no_grad() if no_grad else torch.inference_mode():
+        was_training = model.training
+        model.eval()
+        order = batches([len(x) for x in data.ids], batch_size, shuffle=False)
+        out = torch.empty(0)
+        chunks: list[tuple[list[int], torch.Tensor]] = []
+        for idx in order:
+            b = collate([data.ids[i] for i in idx], pad_id)
+            with autocast(device, dtype):
+                logits = model(**{k: v.to(device) for k, v in b.items()})
+            chunks.append((idx, logits.float().cpu()))
+        if chunks:
+            out = torch.empty(len(data), chunks[0][1].shape[-1])
+            for idx, logits in chunks:
+                out[idx] = logits
+        model.train(was_training)
+        return out
 
 
 def evaluate_model(model: nn.Module, data: Encoded, label_names: list[str], batch_size: int, device: torch.device,

@@ -236,11 +236,10 @@ class Trainer:
         """``data``'s logits in order; several processes each predict a share and all get the whole."""
         if self.engine is not None and self.engine.stage == 3:
             # ZeRO-3 gathers weights into the parameters during forward passes: gathered under inference mode they
-            # could not take part in the next backward, hence no_grad. Several processes gather together, so each
-            # predicts everything.
-            with torch.no_grad():
-                return predict_logits.__wrapped__(self.model, data, self.cfg.eval_batch_size, self.device,
-                                                  self.pad_id, self.dtype)
+            # could not take part in the next backward, hence no_grad. Every forward pass is a collective (the
+            # processes gather each layer together), so every process predicts everything, in the same batches.
+            return predict_logits(self.model, data, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype,
+                                  no_grad=True)
         if self.procs.world == 1:
             return predict_logits(self.model, data, self.cfg.eval_batch_size, self.device, self.pad_id, self.dtype)
         mine = self.procs.shard(range(len(data)))
