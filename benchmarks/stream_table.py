@@ -13,6 +13,7 @@ Streams: drift, classes; strategies: online-lora, naive, joint.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,20 +59,29 @@ def main(root: Path) -> None:
                   f"{'met' if level else 'not met'}")
 
 
-SETTINGS = ("strategy", "mean_threshold", "variance_threshold", "reg_weight", "reg_scope", "labels_trick",
-            "eval_split")
+SETTINGS = ("strategy", "mean_threshold", "variance_threshold", "reg_weight", "reg_scope", "head_reg_weight",
+            "labels_trick", "eval_split", "eval_size", "seed")
 
 
 def grid(root: Path) -> None:
     """One row per run folder: the settings that tell cells apart, then the stream's figures."""
     print("| run | " + " | ".join(SETTINGS) + " | final avg acc | forgetting | plateaus | wall time (s) |")
     print("|---|" + "---|" * len(SETTINGS) + "---:|---:|---:|---:|")
+    cells: dict[str, list[dict]] = {}  # runs named <cell>-s<seed>: one cell over several seeds
     for path in sorted(root.glob("*/stream.json")):
         m = load(path)
         s = m["config"]["stream"]
         print(f"| {path.parent.name} | " + " | ".join(str(s.get(k, "")) for k in SETTINGS)
               + f" | {pct(m['final_average_accuracy'])} | {pct(m['forgetting'])} | {len(m['plateaus']['steps'])} | "
               f"{m['time']['wall_s']:.0f} |")
+        if m.get("completed"):
+            cells.setdefault(re.sub(r"-s\d+$", "", path.parent.name), []).append(m)
+    if any(len(runs) > 1 for runs in cells.values()):
+        print("\n| cell | seeds | mean final avg acc | mean forgetting |\n|---|---:|---:|---:|")
+        for name, runs in cells.items():
+            n = len(runs)
+            print(f"| {name} | {n} | {pct(sum(m['final_average_accuracy'] for m in runs) / n)} | "
+                  f"{pct(sum(m['forgetting'] for m in runs) / n)} |")
 
 
 def seeds(roots: list[Path]) -> None:
