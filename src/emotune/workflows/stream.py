@@ -175,7 +175,8 @@ class StreamConfig:
         if self.reg_scope not in REG_SCOPES:
             raise ConfigError(f"stream.reg_scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
         if self.head_reg_weight and self.reg_scope != "adapter":
-            raise ConfigError("stream.head_reg_weight needs stream.reg_scope adapter (trainable anchors the head already)")
+            raise ConfigError("stream.head_reg_weight needs stream.reg_scope adapter (trainable anchors the head "
+                              "already)")
         if not isinstance(self.domains, list) or not self.domains or len(set(self.domains)) != len(self.domains):
             raise ConfigError("stream.domains must be a list of different data sets, e.g. [mr, semeval2017a, emotion]")
         unknown = [d for d in self.domains if d not in DOMAIN_MAPS]
@@ -465,8 +466,8 @@ def _resume(out: Path, learner: OnlineLearner, stream: dict) -> tuple[dict, list
     tensors, meta = load_tensors(out / STREAM_CHECKPOINT)
     m = json.loads(meta["metrics"])
     if m["stream"] != stream:
-        raise RunError(f"{out}: the interrupted stream was built from other data (its segments or texts differ); restore "
-                       "the data or pass --overwrite to start afresh")
+        raise RunError(f"{out}: the interrupted stream was built from other data (its segments or texts differ); "
+                       "restore the data or pass --overwrite to start afresh")
     rng = {k: tensors.pop(k) for k in ("rng.torch", "rng.cuda") if k in tensors}
     learner.load_state(tensors, json.loads(meta["learner"]))
     torch.set_rng_state(rng["rng.torch"])
