@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +19,14 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def data_fingerprint(data: Encoded, label_names: list[str]) -> str:
+    """A short hash of encoded examples and label names: a resumed run or stream must see the same data."""
+    h = hashlib.sha256(json.dumps(label_names).encode())
+    for ids, label in zip(data.ids, data.labels):
+        h.update(json.dumps([list(map(int, ids)), label]).encode())
+    return h.hexdigest()[:16]
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:

@@ -9,7 +9,6 @@ while a run finishes never sends it back to step 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.encode import Encoded, batches, collate
+from ..data.encode import Encoded, batches, collate, data_fingerprint
 from ..errors import ConfigError, Interrupted, RunError
 from ..io import append_jsonl, load_tensors, optimizer_state, optimizer_tensors, save_tensors
 from ..runs import BEST, CHECKPOINT, HISTORY, read_history, write_history
@@ -34,14 +33,6 @@ from .distributed import local_device, processes
 from .stopping import stop_requests
 from .deepspeed_step import DeepSpeedStep, RunShape, check_switches, config_path, fill_config, read_config
 from .robust import Objective, apply_mixout, model_forward
-
-
-def data_fingerprint(data: "Encoded", label_names: list[str]) -> str:
-    """A short hash of the encoded training examples and label names: a resumed run must see the same data."""
-    h = hashlib.sha256(json.dumps(label_names).encode())
-    for ids, label in zip(data.ids, data.labels):
-        h.update(json.dumps([list(map(int, ids)), label]).encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -38,14 +38,13 @@ from ..config import DataConfig, RunConfig, _at_least, _build, _f, _in_range, _p
 from ..data import load_data
 from ..data.base import Split
 from ..data.emotion import LABELS as EMOTION_LABELS
-from ..data.encode import Encoded, batches, encode
+from ..data.encode import Encoded, batches, data_fingerprint, encode
 from ..errors import ConfigError, DataError, RunError
 from ..io import load_tensors, remove_stale_tmp, save_tensors, write_json, write_text
 from ..methods import method_options
 from ..registry import Registry
 from ..runs import CHECKPOINT, build_model, run_lock
 from ..train.evaluate import predict_logits
-from ..train.loop import data_fingerprint
 from ..train.online import REG_SCOPES, OnlineLearner, OnlineSettings, check_restartable
 from ..train.precision import resolve_device, resolve_precision
 from ..train.stopping import stop_requests
