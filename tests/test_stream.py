@@ -189,13 +189,15 @@ def test_the_head_penalty_anchors_the_head_with_importances_of_its_own(learner_p
         assert float(torch.cat([t.flatten() for t in reg.omega.values()]).mean()) == pytest.approx(1.0)
     assert float(learner.head_regulariser.penalty(learner.head()).detach()) == 0.0  # anchored at the plateau
     record = learner.step(ids[24:32], labels[24:32])
+    assert record["penalty"] == 0.0  # measured before the update, at the anchors
     moved = float(learner.head_regulariser.penalty(learner.head()).detach())
     assert moved > 0
-    # the step's penalty is the sum of the two, the head's weighed by head_reg_weight
     expected = 2.0 * sum(float((learner.head_regulariser.omega[n] * (p.detach() - learner.head_regulariser.anchor[n])
                                 ** 2).sum()) for n, p in learner.head().items())
-    assert moved == pytest.approx(expected, rel=1e-5)
-    assert record["penalty"] >= 0
+    assert moved == pytest.approx(expected, rel=1e-5)  # weighed by head_reg_weight
+    adapter = float(learner.regulariser.penalty(learner.regularised()).detach())
+    record = learner.step(ids[32:40], labels[32:40])
+    assert record["penalty"] == pytest.approx(adapter + moved, rel=1e-5)  # the step's penalty: the sum of the two
     with pytest.raises(ConfigError, match="needs reg_scope adapter"):
         OnlineSettings(lr=1e-3, reg_scope="trainable", head_reg_weight=1.0)
 
