@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Online-LoRA against naive sequential LoRA (the lower bound) and joint training (the upper bound) on both streams:
 # domain drift (MR -> SemEval-2017 4A -> Emotion on positive/negative/other, experiments/stream-drift.yaml) and
-# class-incremental Emotion (experiments/stream-classes.yaml), plus naive without the labels trick on the latter.
+# class-incremental Emotion (experiments/stream-classes.yaml), plus naive without the labels trick on the latter and,
+# where a config sets stream.replay, naive with the same replay.
 # Prints a table per stream: final average accuracy, forgetting, BWT, plateaus against the true boundaries, wall
 # time (benchmarks/stream_table.py). Scored on the TEST split (stream.eval_split=test, EVAL_SPLIT to change), read
 # once for the settings in the config files, which scripts/stream_tune.sh chose on validation.
@@ -49,10 +50,16 @@ one() {  # STREAM STRATEGY NAME [SETTINGS...]
     echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
 }
 
+replay() {  # STREAM: the config's stream.replay
+    python -c "import yaml; print(yaml.safe_load(open('$HERE/experiments/stream-$1.yaml'))['stream'].get('replay', 0))"
+}
+
 for stream in $STREAMS; do
-    for strategy in online-lora naive joint; do
-        one "$stream" "$strategy" "$stream-$strategy"
-    done
+    one "$stream" online-lora "$stream-online-lora"
+    one "$stream" naive "$stream-naive" stream.replay=0  # the lower bound: plain sequential fine-tuning
+    one "$stream" joint "$stream-joint"
+    # With replay in the config, naive with the same reservoir too: how much of Online-LoRA's gain is replay's alone.
+    if [ "$(replay "$stream")" != 0 ]; then one "$stream" naive "$stream-naive-replay"; fi
 done
 case " $STREAMS " in *" classes "*) one classes naive classes-naive-no-trick stream.labels_trick=false;; esac
 python "$HERE/benchmarks/stream_table.py" "$RUNS" | tee "$RUNS/table.md"

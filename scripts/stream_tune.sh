@@ -6,7 +6,8 @@
 # the one with the highest final average accuracy on validation, written into experiments/stream-*.yaml.
 #
 # Usage: bash scripts/stream_tune.sh DATA_DIR RUNS_DIR        # e.g. ../shared/data runs/stream-tune
-#        ROUND2=1 bash scripts/stream_tune.sh DATA_DIR RUNS_DIR    # also the drift stream's second round (below)
+#        ROUNDS="2" bash scripts/stream_tune.sh DATA_DIR RUNS_DIR   # only the drift stream's second round (below)
+#        ROUNDS="3" bash scripts/stream_tune.sh DATA_DIR RUNS_DIR   # only the third: experience replay (below)
 #
 # Same model, sizes and seed as stream_compare.sh (MiniLM + LoRA r=8, 2,000 examples per segment, 500 held out);
 # about 2 minutes a cell on a 2-core CPU, 9 cells. A finished cell is kept, so the script resumes.
@@ -14,8 +15,11 @@ set -euo pipefail
 USAGE="usage: stream_tune.sh DATA_DIR RUNS_DIR"
 DATA=${1:?$USAGE}
 RUNS=${2:?$USAGE}
+BASE=$RUNS  # the first round's cells; later rounds in BASE/roundN
 SIZE=${SIZE:-2000}
 EVAL_SIZE=${EVAL_SIZE:-500}
+ROUNDS=${ROUNDS:-1}  # which rounds to run, e.g. "1 2 3"
+has_round() { case " $ROUNDS " in *" $1 "*) return 0;; *) return 1;; esac; }
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$RUNS"
@@ -38,6 +42,7 @@ cell() {  # STREAM NAME SETTINGS...: one stream run on validation unless finishe
 # for plain LoRA; the buffer still picks the examples the importances are measured on), and the penalty anchors the
 # adapter only (reg_scope adapter, the paper's; `trainable`, whose few head entries carry most of the normalised
 # importance, pinned the head: 63%).
+if has_round 1; then
 for m in 0.9 0.7; do for w in 1.0 10.0; do
     cell drift "drift-m$m-w$w" stream.strategy=online-lora stream.reg_scope=adapter stream.hard_loss=false \
         stream.mean_threshold=$m stream.variance_threshold=0.02 stream.reg_weight=$w stream.labels_trick=false \
@@ -49,14 +54,15 @@ for m in 0.4 0.25; do for w in 1.0 10.0; do
 done; done
 cell classes classes-naive-trick stream.strategy=naive stream.labels_trick=true
 python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+fi
 
-# Second round, drift stream only (ROUND2=1; the first round's drift gain did not survive the test split): 1,000
+# Second round, drift stream only (ROUNDS="2"; the first round's drift gain did not survive the test split): 1,000
 # held-out examples per domain and two seeds, at the first round's detector settings (mean 0.7, weight 10): naive
 # and Online-LoRA, each with and without the labels trick, and Online-LoRA with a penalty on the head
 # (stream.head_reg_weight 1 / 10 / 30). Chosen: the lowest mean forgetting among the settings whose mean final
 # accuracy is at least naive's (the target's terms).
-if [ "${ROUND2:-0}" = 1 ]; then
-    EVAL_SIZE=1000 RUNS=$RUNS/round2
+if has_round 2; then
+    EVAL_SIZE=1000 RUNS=$BASE/round2
     mkdir -p "$RUNS"
     for seed in 42 1; do
         cell drift "r2-naive-s$seed" stream.strategy=naive stream.seed=$seed
@@ -67,5 +73,31 @@ if [ "${ROUND2:-0}" = 1 ]; then
             cell drift "r2-ol-head$w-s$seed" stream.head_reg_weight=$w stream.seed=$seed
         done
     done
+    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+fi
+# Third round (ROUNDS="3"; the second round's head penalty did not halve forgetting on the test split): experience
+# replay, a reservoir of stream.replay examples of which 16 are trained on with each batch, on top of the shipped
+# settings; 1,000 held-out examples and two seeds as in the second round. Naive with the largest reservoir shows how
+# much of any gain is replay's alone. The same rule chooses: the lowest mean forgetting among the settings whose
+# mean final accuracy is at least plain naive's. Then the class-incremental stream (one seed, 500 held out).
+if has_round 3; then
+    EVAL_SIZE=1000 RUNS=$BASE/round3
+    mkdir -p "$RUNS"
+    for seed in 42 1; do
+        cell drift "r3-naive-s$seed" stream.strategy=naive stream.seed=$seed
+        cell drift "r3-ol-s$seed" stream.seed=$seed
+        for n in 100 500; do
+            cell drift "r3-ol-replay$n-s$seed" stream.replay=$n stream.seed=$seed
+        done
+        cell drift "r3-naive-replay500-s$seed" stream.strategy=naive stream.replay=500 stream.seed=$seed
+    done
+    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+    EVAL_SIZE=500
+    cell classes r3-classes-naive stream.strategy=naive
+    cell classes r3-classes-ol
+    for n in 100 500; do
+        cell classes "r3-classes-ol-replay$n" stream.replay=$n
+    done
+    cell classes r3-classes-naive-replay500 stream.strategy=naive stream.replay=500
     python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
 fi

@@ -198,8 +198,48 @@ def test_the_head_penalty_anchors_the_head_with_importances_of_its_own(learner_p
     adapter = float(learner.regulariser.penalty(learner.regularised()).detach())
     record = learner.step(ids[32:40], labels[32:40])
     assert record["penalty"] == pytest.approx(adapter + moved, rel=1e-5)  # the step's penalty: the sum of the two
-    with pytest.raises(ConfigError, match="needs reg_scope adapter"):
+    with pytest.raises(ConfigError, match="head_reg_weight needs reg_scope adapter"):
         OnlineSettings(lr=1e-3, reg_scope="trainable", head_reg_weight=1.0)
+
+
+def test_the_reservoir_is_a_uniform_sample_of_everything_seen(learner_parts):
+    """Algorithm R: capacity kept, every example equally likely to be in it, whatever its place in the stream."""
+    model, method, _, _ = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, replay=50), torch.device("cpu"))
+    early = []
+    for seed in range(200):
+        learner.reservoir, learner.seen, learner.rng = [], 0, random.Random(seed)
+        for start in range(0, 900, 16):  # 900 examples in batches, "token ids" that name their position
+            stop = min(start + 16, 900)
+            learner.remember([[i] for i in range(start, stop)], [0] * (stop - start))
+        assert len(learner.reservoir) == 50 and learner.seen == 900
+        assert len({x[0] for x, _ in learner.reservoir}) == 50
+        early.append(sum(x[0] < 300 for x, _ in learner.reservoir) / 50)
+    assert sum(early) / len(early) == pytest.approx(1 / 3, abs=0.02)  # the first third keeps its share
+
+
+def test_replay_trains_on_examples_drawn_from_the_reservoir(learner_parts, monkeypatch):
+    model, method, ids, labels = learner_parts
+    learner = OnlineLearner(model, method, OnlineSettings(lr=5e-2, hard_buffer=0, replay=6, replay_batch=4),
+                            torch.device("cpu"))
+    passes = []
+    losses = OnlineLearner._losses
+
+    def spy(self, batch, targets):
+        passes.append([tuple(x) for x in batch])
+        return losses(self, batch, targets)
+
+    monkeypatch.setattr(OnlineLearner, "_losses", spy)
+    learner.step(ids[:8], labels[:8])
+    assert len(passes) == 1 and len(learner.reservoir) == 6  # nothing to replay yet; then 6 of the first 8 kept
+    kept = [tuple(x) for x, _ in learner.reservoir]
+    learner.step(ids[8:16], labels[8:16])
+    assert len(passes) == 3 and passes[1] == [tuple(x) for x in ids[8:16]]
+    assert len(passes[2]) == 4 and set(passes[2]) <= set(kept)  # drawn from what the reservoir held
+    assert learner.seen == 16 and len(learner.reservoir) == 6
+    naive = OnlineLearner(copy.deepcopy(model), method, OnlineSettings(lr=5e-2, hard_buffer=0), torch.device("cpu"))
+    naive.step(ids[:8], labels[:8])
+    assert naive.reservoir == [] and naive.seen == 0  # off by default
 
 
 def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
@@ -207,7 +247,7 @@ def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
     afresh takes the state, JSON values included, and its next step is the same as the original's."""
     model, method, ids, labels = learner_parts
     fresh = copy.deepcopy(model)  # as built, before any training
-    settings = OnlineSettings(lr=5e-2, hard_buffer=4, head_reg_weight=1.0)
+    settings = OnlineSettings(lr=5e-2, hard_buffer=4, head_reg_weight=1.0, replay=6, replay_batch=4)
     learner = OnlineLearner(model, method, settings, torch.device("cpu"))
     for i in range(0, 24, 8):
         learner.step(ids[i:i + 8], labels[i:i + 8])
@@ -220,6 +260,8 @@ def test_a_fresh_learner_takes_the_state_of_one_that_merged(learner_parts):
     assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)  # merged base too
     assert resumed.regulariser.omega and resumed.buffer == learner.buffer and resumed.merges == learner.merges
     assert resumed.head_regulariser.updates == learner.head_regulariser.updates
+    assert resumed.reservoir == learner.reservoir and resumed.seen == learner.seen == 32
+    assert resumed.rng.getstate() == learner.rng.getstate()  # the same replay draws next
     assert all(torch.equal(t, resumed.head_regulariser.anchor[n]) for n, t in learner.head_regulariser.anchor.items())
     rng = torch.get_rng_state()
     expected = learner.step(ids[32:40], labels[32:40])
@@ -361,6 +403,7 @@ def test_a_domain_drift_stream_runs_from_the_library(drift_data, tiny_model, tmp
     ("full", "method full has no adapter that folds"),
     (["--set", "stream.reg_scope=head"], "stream.reg_scope must be one of adapter, trainable"),
     (["--set", "stream.reg_scope=trainable", "--set", "stream.head_reg_weight=1"], "needs stream.reg_scope adapter"),
+    (["--set", "stream.replay=-5"], "stream.replay must be at least 0"),
 ])
 def test_a_bad_config_is_a_one_line_error(settings, message, tiny_model, tmp_path):
     from emotune.cli import app
@@ -445,7 +488,7 @@ def test_a_resumed_stream_ends_as_an_uninterrupted_one(strategy, every, cut, res
                                                        monkeypatch):
     data = write_emotion_folder(tmp_path / "data", n_train=120, n_eval=36)
     cfg = StreamRun.from_yaml(stream_config(tmp_path, tiny_model, data_dir=str(data), strategy=strategy,
-                                            checkpoint_every=every))
+                                            checkpoint_every=every, replay=10, replay_batch=4))
     whole, whole_steps = run_stream(cfg, tmp_path / "whole"), outputs(tmp_path / "whole")[1]
     step = cut_before(monkeypatch, cut)
     with pytest.raises(RunError, match=f"interrupted at step {cut - 1}.*checkpoint at step {resumed_from}"):

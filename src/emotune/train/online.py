@@ -35,7 +35,11 @@ Where emotune differs, and why:
   normalised apart from the adapter's: on a stream whose label prior shifts (a domain with a class the earlier ones
   lack) the head is what moves, and one shared normalisation lets its few entries dwarf the adapter's;
 - the merge folds ``scale * B @ A`` into the base weight (``methods.merge_adapter``), which leaves the predictions
-  unchanged; the official code adds the new factors to the old ones (A += A', B += B'), which does not.
+  unchanged; the official code adds the new factors to the old ones (A += A', B += B'), which does not;
+- ``replay`` (off by default) adds experience replay (Chaudhry et al. 2019, "On Tiny Episodic Memories in
+  Continual Learning"): a reservoir sample of every example the stream has shown so far (Vitter's algorithm R, so
+  it needs no task boundaries), of which ``replay_batch`` are trained on beside each incoming batch. The hard
+  buffer keeps only the last few hardest examples, which after a domain change all come from the new domain.
 
 Why not the Trainer (``train/loop.py``): it plans epochs over a fixed data set, evaluates and early-stops on a
 validation split, restores the best weights at the end and decays the learning rate towards a planned last step.
@@ -47,6 +51,7 @@ batching (``data.encode``), devices and precisions (``train.precision``), forwar
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,13 +179,26 @@ class OnlineSettings:
     hard_buffer: int = 8
     hard_loss: bool = True
     labels_trick: bool = False  # cross-entropy over the classes among the labels of each pass only
+    replay: int = 0  # the reservoir's capacity: a uniform sample of every example seen so far; 0: no replay
+    replay_batch: int = 16  # reservoir examples trained on with each incoming batch
+    replay_seed: int = 0  # seeds the reservoir's choices and draws
 
     def __post_init__(self) -> None:
-        if self.reg_scope not in REG_SCOPES:
-            raise ConfigError(f"the regulariser's scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
-        if self.head_reg_weight and self.reg_scope == "trainable":
-            raise ConfigError("a separate head penalty needs reg_scope adapter (reg_scope trainable already anchors "
-                              "the head)")
+        check_settings(self.reg_scope, self.head_reg_weight, self.replay, self.replay_batch)
+
+
+def check_settings(reg_scope: str, head_reg_weight: float, replay: int, replay_batch: int, prefix: str = "") -> None:
+    """The checks the learner's settings and the stream config share (the stream's, with ``prefix`` "stream.",
+    fail before any data is read)."""
+    if reg_scope not in REG_SCOPES:
+        raise ConfigError(f"{prefix}reg_scope must be one of {', '.join(REG_SCOPES)}, got {reg_scope!r}")
+    if head_reg_weight and reg_scope != "adapter":
+        raise ConfigError(f"{prefix}head_reg_weight needs {prefix}reg_scope adapter (trainable anchors the head "
+                          "already)")
+    if replay < 0:
+        raise ConfigError(f"{prefix}replay must be at least 0, got {replay}")
+    if replay_batch < 1:
+        raise ConfigError(f"{prefix}replay_batch must be at least 1, got {replay_batch}")
 
 
 def check_restartable(method_spec: dict[str, Any]) -> None:
@@ -204,6 +222,9 @@ class OnlineLearner:
         self.regulariser = ImportanceRegulariser(settings.reg_weight)
         self.head_regulariser = ImportanceRegulariser(settings.head_reg_weight)
         self.buffer: list[tuple[list[int], int]] = []  # the hard examples: (token ids, label)
+        self.reservoir: list[tuple[list[int], int]] = []  # replay: a uniform sample of the examples seen
+        self.seen = 0  # examples offered to the reservoir
+        self.rng = random.Random(settings.replay_seed)
         self.step_count = 0
         self.merges: list[dict] = []
         self.optimizer = self._optimizer(None)
@@ -273,12 +294,16 @@ class OnlineLearner:
         # The batch and the buffer in separate passes: hard examples are often the longest, and one pass would
         # pad the whole batch to them.
         losses = self._losses(ids, labels)
+        replayed = self.rng.sample(self.reservoir, min(self.s.replay_batch, len(self.reservoir))) if self.s.replay \
+            else []
         if hard:
             with torch.set_grad_enabled(self.s.hard_loss):  # without hard_loss the buffer's losses only rank it
                 hard_losses = self._losses([x for x, _ in hard], [y for _, y in hard])
             losses = torch.cat([losses, hard_losses])
         batch_loss = losses[: len(ids)].mean()
         loss = batch_loss + (losses[len(ids):].mean() if hard and self.s.hard_loss else 0.0)
+        if replayed:  # its own pass and its own mean, as the hard buffer's: it weighs as much as the batch
+            loss = loss + self._losses([x for x, _ in replayed], [y for _, y in replayed]).mean()
         penalty = torch.zeros(())
         if self.s.regularise and self.regulariser.omega:
             penalty = self.regulariser.penalty(self.regularised())
@@ -302,7 +327,21 @@ class OnlineLearner:
             values = losses.detach().tolist()
             order = sorted(range(len(all_ids)), key=values.__getitem__, reverse=True)
             self.buffer = [(all_ids[i], all_labels[i]) for i in order[: self.s.hard_buffer]]
+        if self.s.replay:
+            self.remember(ids, labels)
         return record
+
+    def remember(self, ids: list[list[int]], labels: list[int]) -> None:
+        """Offer each example to the reservoir (algorithm R): the n-th one seen replaces a random slot with
+        probability capacity / n, so the reservoir stays a uniform sample of everything seen."""
+        for example in zip(ids, labels):
+            self.seen += 1
+            if len(self.reservoir) < self.s.replay:
+                self.reservoir.append(example)
+            else:
+                slot = self.rng.randrange(self.seen)
+                if slot < self.s.replay:
+                    self.reservoir[slot] = example
 
     # ---- plateaus ------------------------------------------------------------------------------
     def merge_and_restart(self, check: list[list[int]] | None = None) -> dict:
@@ -336,9 +375,9 @@ class OnlineLearner:
     # ---- checkpoints ---------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """What resuming needs, as (tensors, JSON values): the whole model (merges change the base weights), the
-        optimiser's moments, the regulariser's importances and anchor; the hard buffer, the detector, the step
-        count and the merges. A merge rebuilds the same modules (a fresh adapter on the merged base), so a freshly
-        built learner takes this state as it is."""
+        optimiser's moments, the regulariser's importances and anchor; the hard buffer, the replay reservoir and its
+        random state, the detector, the step count and the merges. A merge rebuilds the same modules (a fresh
+        adapter on the merged base), so a freshly built learner takes this state as it is."""
         tensors = {f"model.{k}": v for k, v in _unshared(self.model.state_dict()).items()}
         tensors.update(optimizer_tensors(self.optimizer.state_dict()["state"]))
         tensors.update({f"omega.{n}": t for n, t in self.regulariser.omega.items()})
@@ -349,6 +388,7 @@ class OnlineLearner:
         values = {"step_count": self.step_count, "merges": self.merges, "trainable": list(self.trainable()),
                   "importance_updates": self.regulariser.updates,
                   "head_importance_updates": self.head_regulariser.updates, "buffer": [[x, y] for x, y in self.buffer],
+                  "reservoir": [[x, y] for x, y in self.reservoir], "seen": self.seen, "rng": self.rng.getstate(),
                   "detector": {"losses": list(d.losses), "armed": d.armed, "last_mean": d.last_mean,
                                "last_variance": d.last_variance, "mean": d.mean, "variance": d.variance}}
         return tensors, values
@@ -370,6 +410,11 @@ class OnlineLearner:
         self.head_regulariser.anchor = {n: t.to(self.device) for n, t in parts.get("head_anchor", {}).items()}
         self.head_regulariser.updates = values.get("head_importance_updates", 0)
         self.buffer = [(list(x), int(y)) for x, y in values["buffer"]]
+        self.reservoir = [(list(x), int(y)) for x, y in values.get("reservoir", [])]
+        self.seen = values.get("seen", 0)
+        if "rng" in values:  # JSON turned the state's tuples into lists
+            version, internal, gauss = values["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
         self.step_count, self.merges = values["step_count"], list(values["merges"])
         d = values["detector"]
         self.detector.losses = deque(d["losses"], maxlen=self.detector.window)

@@ -45,7 +45,7 @@ from ..methods import method_options
 from ..registry import Registry
 from ..runs import CHECKPOINT, build_model, run_lock
 from ..train.evaluate import predict_logits
-from ..train.online import REG_SCOPES, OnlineLearner, OnlineSettings, check_restartable
+from ..train.online import OnlineLearner, OnlineSettings, check_restartable, check_settings
 from ..train.precision import resolve_device, resolve_precision
 from ..train.stopping import stop_requests
 
@@ -141,6 +141,11 @@ class StreamConfig:
                                    "over the classes among its labels (the 'labels trick', Zeno et al. 2018), so "
                                    "training on new classes does not push down the logits of classes it does not "
                                    "show. Needs no task boundaries.")
+    replay: int = _f(0, "Experience replay (Chaudhry et al. 2019; an emotune addition to Online-LoRA): keep a "
+                        "uniform reservoir sample of this many of the examples seen so far, and train on "
+                        "`stream.replay_batch` of them with every incoming batch. Needs no task boundaries. Any "
+                        "strategy but joint; 0: off (the paper).")
+    replay_batch: int = _f(16, "Replay: reservoir examples trained on with each incoming batch.")
     boundary_tolerance: int = _f(30, "A true boundary counts as detected when a plateau falls within this many "
                                      "batches from it.")
     max_length: int = _f(128, "Truncate texts to this many tokens.")
@@ -163,6 +168,8 @@ class StreamConfig:
             _at_least(f"stream.{name}", getattr(self, name), 1)
         _at_least("stream.window", self.window, 2)
         _at_least("stream.hard_buffer", self.hard_buffer, 0)
+        _at_least("stream.replay", self.replay, 0)
+        _at_least("stream.replay_batch", self.replay_batch, 1)
         _at_least("stream.checkpoint_every", self.checkpoint_every, 0)
         _at_least("stream.seed", self.seed, None)
         _positive("stream.mean_threshold", self.mean_threshold)
@@ -171,11 +178,7 @@ class StreamConfig:
         _in_range("stream.head_reg_weight", self.head_reg_weight, 0, None)
         if self.eval_split not in EVAL_SPLITS:
             raise ConfigError(f"stream.eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
-        if self.reg_scope not in REG_SCOPES:
-            raise ConfigError(f"stream.reg_scope must be one of {', '.join(REG_SCOPES)}, got {self.reg_scope!r}")
-        if self.head_reg_weight and self.reg_scope != "adapter":
-            raise ConfigError("stream.head_reg_weight needs stream.reg_scope adapter (trainable anchors the head "
-                              "already)")
+        check_settings(self.reg_scope, self.head_reg_weight, self.replay, self.replay_batch, prefix="stream.")
         if not isinstance(self.domains, list) or not self.domains or len(set(self.domains)) != len(self.domains):
             raise ConfigError("stream.domains must be a list of different data sets, e.g. [mr, semeval2017a, emotion]")
         unknown = [d for d in self.domains if d not in DOMAIN_MAPS]
@@ -412,7 +415,8 @@ def online_settings(s: StreamConfig, run: RunConfig, strategy: Strategy, default
         mean_threshold=s.mean_threshold, variance_threshold=s.variance_threshold, merge=strategy.merge,
         regularise=strategy.regularise and (s.reg_weight > 0 or s.head_reg_weight > 0), reg_weight=s.reg_weight,
         reg_scope=s.reg_scope, head_reg_weight=s.head_reg_weight,
-        hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss, labels_trick=s.labels_trick)
+        hard_buffer=s.hard_buffer if strategy.hard_buffer else 0, hard_loss=s.hard_loss, labels_trick=s.labels_trick,
+        replay=0 if strategy.shuffled else s.replay, replay_batch=s.replay_batch, replay_seed=s.seed)
 
 
 def _finished(out: Path) -> bool:
