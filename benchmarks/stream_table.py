@@ -7,7 +7,7 @@ least the naive one's).
     python benchmarks/stream_table.py --all RUNS_DIR    # every RUNS_DIR/*/stream.json with its settings (a grid)
     python benchmarks/stream_table.py --seeds RUNS_A RUNS_B ...   # mean ± sd over seeds (one RUNS_DIR a seed)
 
-Streams: drift, classes; strategies: online-lora, naive, joint.
+Streams: drift, classes; strategies: online-lora, naive, joint (and naive-no-trick, naive-replay where they ran).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 STREAMS = {"drift": "domain drift: MR -> SemEval-2017 4A -> Emotion (positive/negative/other)",
            "classes": "class-incremental Emotion: {sadness, joy} -> {love, anger} -> {fear, surprise}"}
-STRATEGIES = ("online-lora", "naive", "joint", "naive-no-trick")  # the last: only where it ran
+STRATEGIES = ("online-lora", "naive", "joint", "naive-no-trick", "naive-replay")  # the last two: where they ran
 
 
 def load(path: Path) -> dict:
@@ -60,7 +60,7 @@ def main(root: Path) -> None:
 
 
 SETTINGS = ("strategy", "mean_threshold", "variance_threshold", "reg_weight", "reg_scope", "head_reg_weight",
-            "labels_trick", "eval_split", "eval_size", "seed")
+            "labels_trick", "replay", "eval_split", "eval_size", "seed")
 
 
 def grid(root: Path) -> None:
