@@ -168,8 +168,8 @@ class StreamConfig:
             _at_least(f"stream.{name}", getattr(self, name), 1)
         _at_least("stream.window", self.window, 2)
         _at_least("stream.hard_buffer", self.hard_buffer, 0)
-        _at_least("stream.replay", self.replay, 0)
-        _at_least("stream.replay_batch", self.replay_batch, 1)
+        _at_least("stream.replay", self.replay, None)  # whole numbers; check_settings has their ranges
+        _at_least("stream.replay_batch", self.replay_batch, None)
         _at_least("stream.checkpoint_every", self.checkpoint_every, 0)
         _at_least("stream.seed", self.seed, None)
         _positive("stream.mean_threshold", self.mean_threshold)
