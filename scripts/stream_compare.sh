@@ -61,5 +61,5 @@ for stream in $STREAMS; do
     # With replay in the config, naive with the same reservoir too: how much of Online-LoRA's gain is replay's alone.
     if [ "$(replay "$stream")" != 0 ]; then one "$stream" naive "$stream-naive-replay"; fi
 done
-case " $STREAMS " in *" classes "*) one classes naive classes-naive-no-trick stream.labels_trick=false;; esac
+case " $STREAMS " in *" classes "*) one classes naive classes-naive-no-trick stream.labels_trick=false stream.replay=0;; esac
 python "$HERE/benchmarks/stream_table.py" "$RUNS" | tee "$RUNS/table.md"
