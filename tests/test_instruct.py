@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from emotune import api
 from emotune.config import RunConfig
@@ -186,6 +187,13 @@ def test_a_tiny_llama_tunes_evaluates_and_reloads_with_the_same_answers(tmp_path
     generated = api.evaluate(out, "test", answers="generated")
     assert set(generated) == set(tasks) and all(0 <= m["parse_failure_rate"] <= 1 for m in generated.values())
     assert "test_generated" in Run.open(out).metrics and Run.open(out).metrics["test"]["emotion"] == test["emotion"]
+    from emotune.cli import app
+
+    r = CliRunner().invoke(app, ["evaluate", str(out), "--answers", "generated"])
+    assert r.exit_code == 0, r.output
+    assert all(f"{name}: parse failures" in r.output for name in tasks)
+    parsed = [name for name, m in generated.items() if m["parse_failure_rate"] < 1]
+    assert parsed and r.output.count("┃ metric") == len(parsed), r.output  # a table for each task that parsed
     # predict: every task's answer for a text, each in its task type's format
     [row] = api.predict(out, ["i feel happy today"])
     answers = row["tasks"]

@@ -377,9 +377,12 @@ def evaluate(
     from . import api
 
     metrics = api.evaluate(run_dir, split, data_dir=data_dir, precision=precision, answers=answers)
-    if answers == "generated":
+    if answers == "generated":  # per task only: generated answers have no loss, so no mean score
         for name, m in metrics.items():
             out.print(f"{escape(name)}: parse failures {m['parse_failure_rate']:.1%}", highlight=False)
+            if m["parse_failure_rate"] < 1:  # with nothing parsed there are no metrics to show
+                print_metrics({split: m}, f"{run_dir} ({split}, generated) · {name}", splits=(split,))
+        return
     print_metrics({split: metrics}, f"{run_dir} ({split})", splits=(split,))
 
 
