@@ -11,11 +11,10 @@
 #        SEED=1 STREAMS=drift EVAL_SIZE=1000 bash scripts/stream_compare.sh DATA_DIR RUNS_DIR
 #
 # MiniLM + LoRA r=8 on attention, batch 16, seed 42; SIZE training examples per segment (default 2,000: 6,000 per
-# stream, 375 steps), EVAL_SIZE held-out examples per segment (default 500; fear + surprise have 293). Expected on a
-# 2-core CPU (~130 training samples/s at batch 16 for plain LoRA, ~1.8x that time for Online-LoRA's hard buffer,
-# ~200 evaluated texts/s): about 10 minutes for the 6 runs (each stream: naive ~1 min, joint ~1 min, Online-LoRA
-# ~2 min of training, plus ~15 s of evaluation and ~15 s of loading per run). Runs one at a time; a finished run is
-# kept, so the script resumes. A dry run of the plumbing in seconds, with a tiny encoder folder:
+# stream, 375 steps), EVAL_SIZE held-out examples per segment (default 500; fear + surprise have 293). Measured on
+# a 2-core AMD EPYC (fp32 ~190 GFLOP/s; the configs train in float32) with the shipped replay 500: about 30 minutes
+# for the 9 runs (per stream: naive and joint ~1.5-2 min each, naive with replay ~3.5-4, Online-LoRA with replay
+# ~4-4.5, naive without the labels trick ~1.5). Runs one at a time; a finished run is kept, so the script resumes. A dry run of the plumbing in seconds, with a tiny encoder folder:
 #   MODEL=path/to/tiny-bert SIZE=32 EVAL_SIZE=16 bash scripts/stream_compare.sh DATA RUNS
 set -euo pipefail
 USAGE="usage: stream_compare.sh DATA_DIR RUNS_DIR"
