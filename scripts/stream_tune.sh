@@ -10,8 +10,8 @@
 #        ROUNDS="3" bash scripts/stream_tune.sh DATA_DIR RUNS_DIR   # only the third: experience replay (below)
 #
 # Same model, sizes and seed as stream_compare.sh (MiniLM + LoRA r=8, 2,000 examples per segment, 500 held out);
-# about 2 minutes a cell on a 2-core CPU, 9 cells in round 1, 14 in round 2; round 3's replay cells take about 4.5
-# minutes each (10 runs). A finished cell is kept, so the script resumes.
+# about 2 minutes a cell on a 2-core CPU, 9 cells in round 1, 14 in round 2; round 3 has 15, the 9 with replay
+# about 4.5 minutes each. A finished cell is kept, so the script resumes.
 set -euo pipefail
 USAGE="usage: stream_tune.sh DATA_DIR RUNS_DIR"
 DATA=${1:?$USAGE}
