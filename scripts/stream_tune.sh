@@ -32,9 +32,11 @@ cell() {  # STREAM NAME SETTINGS...: one stream run on validation unless finishe
     local args=()
     for s in "$@"; do args+=(--set "$s"); done
     start=$(date +%s)
+    # Replay off unless a cell asks for it: the shipped configs now carry round 3's choice, which rounds 1 and 2
+    # (and round 3's own baselines) ran without.
     python -m emotune.cli stream "$HERE/experiments/stream-$stream.yaml" --data-dir "$DATA" --out "$RUNS/$name" \
         --overwrite --set stream.eval_split=validation --set "stream.segment_size=$SIZE" \
-        --set "stream.eval_size=$EVAL_SIZE" "${args[@]}" > "$RUNS/$name.log" 2>&1
+        --set "stream.eval_size=$EVAL_SIZE" --set stream.replay=0 "${args[@]}" > "$RUNS/$name.log" 2>&1
     echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
 }
 
