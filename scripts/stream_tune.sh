@@ -40,6 +40,14 @@ cell() {  # STREAM NAME SETTINGS...: one stream run on validation unless finishe
     echo "$name: $(( $(date +%s) - start )) s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RUNS/times.txt"
 }
 
+table() {  # every cell of this round so far, with means over seeds
+    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+}
+round_in() {  # N EVAL_SIZE: a later round's cells go to BASE/roundN, with their own held-out size
+    RUNS=$BASE/round$1 EVAL_SIZE=$2
+    mkdir -p "$RUNS"
+}
+
 # Fixed before the grid, from one-domain MR checks (1,000 examples, validation): the hard buffer's loss stays off
 # (hard_loss false: training on the same 8 hardest, often ambiguous, texts every step held MR at 56% against 78%
 # for plain LoRA; the buffer still picks the examples the importances are measured on), and the penalty anchors the
@@ -56,7 +64,7 @@ for m in 0.4 0.25; do for w in 1.0 10.0; do
         stream.mean_threshold=$m stream.variance_threshold=0.02 stream.reg_weight=$w stream.labels_trick=true
 done; done
 cell classes classes-naive-trick stream.strategy=naive stream.labels_trick=true
-python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+table
 fi
 
 # Second round, drift stream only (ROUNDS="2"; the first round's drift gain did not survive the test split): 1,000
@@ -65,8 +73,7 @@ fi
 # (stream.head_reg_weight 1 / 10 / 30). Chosen: the lowest mean forgetting among the settings whose mean final
 # accuracy is at least naive's (the target's terms).
 if has_round 2; then
-    EVAL_SIZE=1000 RUNS=$BASE/round2
-    mkdir -p "$RUNS"
+    round_in 2 1000
     for seed in 42 1; do
         cell drift "r2-naive-s$seed" stream.strategy=naive stream.seed=$seed
         cell drift "r2-naive-trick-s$seed" stream.strategy=naive stream.labels_trick=true stream.seed=$seed
@@ -76,7 +83,7 @@ if has_round 2; then
             cell drift "r2-ol-head$w-s$seed" stream.head_reg_weight=$w stream.seed=$seed
         done
     done
-    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+    table
 fi
 # Third round (ROUNDS="3"; the second round's head penalty did not halve forgetting on the test split): experience
 # replay, a reservoir of stream.replay examples of which 16 are trained on with each batch, on top of the shipped
@@ -84,8 +91,7 @@ fi
 # much of any gain is replay's alone. The same rule chooses: the lowest mean forgetting among the settings whose
 # mean final accuracy is at least plain naive's. Then the class-incremental stream (one seed, 500 held out).
 if has_round 3; then
-    EVAL_SIZE=1000 RUNS=$BASE/round3
-    mkdir -p "$RUNS"
+    round_in 3 1000
     for seed in 42 1; do
         cell drift "r3-naive-s$seed" stream.strategy=naive stream.seed=$seed
         cell drift "r3-ol-s$seed" stream.seed=$seed
@@ -94,7 +100,7 @@ if has_round 3; then
         done
         cell drift "r3-naive-replay500-s$seed" stream.strategy=naive stream.replay=500 stream.seed=$seed
     done
-    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+    table
     EVAL_SIZE=500
     cell classes r3-classes-naive stream.strategy=naive
     cell classes r3-classes-ol
@@ -102,5 +108,5 @@ if has_round 3; then
         cell classes "r3-classes-ol-replay$n" stream.replay=$n
     done
     cell classes r3-classes-naive-replay500 stream.strategy=naive stream.replay=500
-    python "$HERE/benchmarks/stream_table.py" --all "$RUNS" | tee "$RUNS/table.md"
+    table
 fi
