@@ -285,8 +285,9 @@ class OnlineLearner:
         return F.cross_entropy(logits, targets, reduction="none")
 
     def step(self, ids: list[list[int]], labels: list[int]) -> dict:
-        """Train on one incoming batch (plus the hard buffer and replayed examples); the step's record: the batch's loss before the
-        update, the window's mean and variance, the penalty, whether a plateau was detected and acted on."""
+        """Train on one incoming batch (plus the hard buffer and replayed examples); the step's record: the batch's
+        loss before the update, the window's mean and variance, the penalty, whether a plateau was detected and acted
+        on."""
         self.step_count += 1
         hard = self.buffer if self.s.hard_buffer else []
         all_ids = ids + [x for x, _ in hard]
