@@ -52,14 +52,16 @@ def test_a_student_learns_from_a_cached_teacher_and_records_it(tiny_model, toy_d
     from emotune.runs import weights_sha256
 
     assert first["teachers"] == [{"path": str(teacher.resolve()), "sha256": weights_sha256(teacher)}]
-    assert first["teacher_pass_s"] > 0 and len(list((cache / "teachers").glob("*.safetensors"))) == 1
+    assert (first["teacher_passes"], first["teacher_passes_cached"]) == (1, 0)
+    assert len(list((cache / "teachers").glob("*.safetensors"))) == 1
     again = api.train(cfg, tmp_path / "student2", progress=False)["train"]
-    assert again["teacher_pass_s"] == 0  # the same teacher on the same texts: read from the cache
+    # The same teacher on the same texts: read from the cache.
+    assert (again["teacher_passes"], again["teacher_passes_cached"], again["teacher_pass_s"]) == (0, 1, 0)
     unlabeled = tmp_path / "extra.txt"
     unlabeled.write_text("i feel glad\nso scared tonight\n\nwhat a lovely day\n")
     cfg.train.distill_unlabeled = str(unlabeled)
     m = api.train(cfg, tmp_path / "student3", progress=False)["train"]
-    assert m["unlabeled_texts"] == 3 and m["teacher_pass_s"] > 0  # other texts: a new teacher pass
+    assert m["unlabeled_texts"] == 3 and m["teacher_passes"] == 1  # other texts: a new teacher pass
 
 
 def test_a_regression_student_and_an_ensemble_teacher(tiny_model, tmp_path, cache):
@@ -109,7 +111,8 @@ def test_a_multitask_student_learns_each_task_from_a_multitask_teacher(tiny_mode
     api.train(cfg, teacher, progress=False)
     cfg.train.teacher = [str(teacher)]
     m = api.train(cfg, tmp_path / "student", progress=False)
-    assert m["train"]["teachers"][0]["path"] == str(teacher.resolve()) and m["train"]["teacher_pass_s"] > 0
+    # One teacher pass per task: each task's texts are its own.
+    assert m["train"]["teachers"][0]["path"] == str(teacher.resolve()) and m["train"]["teacher_passes"] == 2
     assert {"emotion", "vad"} <= set(m["validation"])
     single = tmp_path / "single"
     api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4), single, progress=False)

@@ -63,14 +63,14 @@ def fingerprint(run: Run, sha: str | None, texts: Sequence[str]) -> str:
 
 
 def teacher_logits(run: Run, sha: str | None, texts: Sequence[str],
-                   progress: bool = True) -> tuple[torch.Tensor, float]:
-    """(the teacher's logits on ``texts``, seconds spent computing them: 0 when cached); ``sha``: its weights
-    hash."""
+                   progress: bool = True) -> tuple[torch.Tensor, float | None]:
+    """(the teacher's logits on ``texts``, seconds spent computing them: None when read from the cache); ``sha``:
+    its weights hash."""
     path = cache_dir() / "teachers" / f"{fingerprint(run, sha, texts)}.safetensors"
     if path.is_file():
         logits = load_tensors(path)[0]["logits"]
         if logits.shape[0] == len(texts):
-            return logits, 0.0
+            return logits, None
     start = time.perf_counter()
     predictor = Predictor(run, batch_size=run.config.train.eval_batch_size)
     parts = []
@@ -89,11 +89,11 @@ def teacher_targets(paths: Sequence[str], texts: Sequence[str], label_names: lis
     """Each text's distillation target (the teachers' softened probabilities or values, averaged) and what the
     student records of its teachers."""
     teachers = teacher_runs(paths, label_names, task)
-    logits, seconds = [], 0.0
+    logits, seconds = [], []
     for run, sha in teachers:
         got, s = teacher_logits(run, sha, texts, progress)
         logits.append(got)
-        seconds += s
+        seconds.append(s)
     return task.soften(logits, temperature), _record(teachers, seconds)
 
 
@@ -101,18 +101,21 @@ def multitask_teacher_targets(paths: Sequence[str], texts: dict[str, list[str]],
                               temperature: float, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """A multi-task student: per task, its training texts' targets from the teachers' columns of that task."""
     teachers = teacher_runs(paths, label_names, task)
-    soft, seconds = {}, 0.0
+    soft, seconds = {}, []
     for part in task.parts:
         logits = []
         for run, sha in teachers:
             got, s = teacher_logits(run, sha, texts[part.name], progress)
             logits.append(got[:, run.task.part(part.name).columns])
-            seconds += s
+            seconds.append(s)
         soft[part.name] = part.task.soften(logits, temperature)
     return soft, _record(teachers, seconds)
 
 
-def _record(teachers: list[tuple[Run, str | None]], seconds: float) -> dict:
-    """What the student's metrics.json keeps of its teachers."""
+def _record(teachers: list[tuple[Run, str | None]], seconds: list[float | None]) -> dict:
+    """What the student's metrics.json keeps of its teachers; ``seconds``: one per teacher pass, None for each read
+    from the cache."""
+    computed = [s for s in seconds if s is not None]
     return {"teachers": [{"path": str(run.path.resolve()), "sha256": sha} for run, sha in teachers],
-            "teacher_pass_s": round(seconds, 1)}
+            "teacher_passes": len(computed), "teacher_passes_cached": len(seconds) - len(computed),
+            "teacher_pass_s": round(sum(computed), 1)}
