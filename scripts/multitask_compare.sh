@@ -4,13 +4,17 @@
 # run trains STEPS steps, the multi-task and curriculum runs 4 x STEPS (the four single runs' total).
 # Validation and test are capped at 1,000 texts per task (seeded sample) to keep evaluations short; SemEval-2017
 # 4A has no test split here, so its test column stays empty. Test splits are read once, after training.
-# Usage: bash scripts/multitask_compare.sh DATA_DIR OUT_DIR [STEPS]
+# Options after STEPS go to every `emotune train` (e.g. `--method full --seed 1`); KINDS="multitask" skips the
+# curriculum.
+# Usage: [KINDS="multitask curriculum"] bash scripts/multitask_compare.sh DATA_DIR OUT_DIR [STEPS [TRAIN OPTIONS]]
 set -euo pipefail
-data=${1:?data dir}; out=${2:?output folder}; steps=${3:-600}
+data=${1:?data dir}; out=${2:?output folder}; steps=${3:-600}; shift $(($# < 3 ? $# : 3)); train=("$@")
+kinds=${KINDS:-multitask curriculum}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 python "$here/benchmarks/machine.py" 2>/dev/null | tee "$out/machine.txt" || true
-common=(--data-dir "$data" --max-eval-samples 1000 --eval-every $((steps / 3)) --max-steps "$steps" --no-progress)
+common=(--data-dir "$data" --max-eval-samples 1000 --eval-every $((steps / 3)) --max-steps "$steps" --no-progress
+        "${train[@]}")
 declare -A dataset=([emotion]=emotion [sentiment]=semeval2017a [polarity]=mr [vad]=emobank)
 for task in emotion sentiment polarity vad; do
   extra=(); [ "$task" = sentiment ] && extra=(--set train.metric=recall_macro)
@@ -26,12 +30,12 @@ yaml.safe_dump(spec, open(f"{sys.argv[2]}/multitask.yaml", "w"), sort_keys=False
 spec["multitask"]["stages"] = [["sentiment"], ["vad"], ["emotion"], ["polarity"]]
 yaml.safe_dump(spec, open(f"{sys.argv[2]}/curriculum.yaml", "w"), sort_keys=False)
 PY
-for kind in multitask curriculum; do
+for kind in $kinds; do
   [ -f "$out/$kind/metrics.json" ] && grep -q '"completed": true' "$out/$kind/metrics.json" \
     || emotune train --config "$out/$kind.yaml" --out "$out/$kind" --data-dir "$data" --max-steps $((4 * steps)) \
-         --eval-every $((4 * steps / 6)) --no-progress
+         --eval-every $((4 * steps / 6)) --no-progress "${train[@]}"
 done
-for run in single-emotion single-polarity single-vad multitask curriculum; do
+for run in single-emotion single-polarity single-vad $kinds; do
   python -c "import json,sys; sys.exit('test' in json.load(open('$out/$run/metrics.json')))" \
     && emotune evaluate "$out/$run" --split test > /dev/null
 done
