@@ -61,6 +61,12 @@ def main(root: Path) -> None:
 
 SETTINGS = ("strategy", "mean_threshold", "variance_threshold", "reg_weight", "reg_scope", "head_reg_weight",
             "labels_trick", "replay", "eval_split", "eval_size", "seed")
+# The regulariser's settings: only online-lora reads them, so they show as "-" for the other strategies.
+ONLINE_ONLY = {"reg_weight", "reg_scope", "head_reg_weight"}
+
+
+def setting(stream: dict, key: str) -> str:
+    return "-" if key in ONLINE_ONLY and stream.get("strategy") != "online-lora" else str(stream.get(key, ""))
 
 
 def grid(root: Path) -> None:
@@ -71,7 +77,7 @@ def grid(root: Path) -> None:
     for path in sorted(root.glob("*/stream.json")):
         m = load(path)
         s = m["config"]["stream"]
-        print(f"| {path.parent.name} | " + " | ".join(str(s.get(k, "")) for k in SETTINGS)
+        print(f"| {path.parent.name} | " + " | ".join(setting(s, k) for k in SETTINGS)
               + f" | {pct(m['final_average_accuracy'])} | {pct(m['forgetting'])} | {len(m['plateaus']['steps'])} | "
               f"{m['time']['wall_s']:.0f} |")
         if m.get("completed"):
