@@ -1,7 +1,9 @@
 """The table of scripts/multitask_compare.sh: per task, the single-task run against the multi-task and
-curriculum runs (validation and test), then training time.
+curriculum runs (validation and test), then training time; with --seeds, mean ± sd over several OUT_DIRs (one
+seed each) of the single-task and multi-task runs and of their differences.
 
     python benchmarks/multitask_table.py OUT_DIR
+    python benchmarks/multitask_table.py --seeds OUT_A OUT_B ...
 """
 
 from __future__ import annotations
@@ -49,5 +51,31 @@ def main(out: Path) -> None:
         print(f"| {name} | {t.get('steps', 0):,} | {t.get('runtime_s', 0) / 60:.1f} |")
 
 
+def ms(values: list[float], scale: float) -> str:
+    from statistics import mean, stdev
+
+    sd = f" ± {scale * stdev(values):.{1 if scale > 1 else 3}f}" if len(values) > 1 else ""
+    return f"{scale * mean(values):.{1 if scale > 1 else 3}f}{sd}" if values else ""
+
+
+def seeds(outs: list[Path]) -> None:
+    """Per task and split: single-task and multi-task mean ± sd over seeds, and the per-seed difference's mean ± sd
+    (points for classification, r for vad)."""
+    print(f"| task | split | single ({len(outs)} seeds) | multi-task | multi − single |")
+    print("|---|---|---:|---:|---:|")
+    for task, metric in TASKS.items():
+        scale = 1.0 if metric == "pearson" else 100.0
+        for split in ("validation", "test"):
+            pairs = [(load(o / f"single-{task}").get(split, {}).get(metric),
+                      load(o / "multitask").get(split, {}).get(task, {}).get(metric)) for o in outs]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if pairs:
+                print(f"| {task} ({metric}) | {split} | {ms([a for a, _ in pairs], scale)} | "
+                      f"{ms([b for _, b in pairs], scale)} | {ms([b - a for a, b in pairs], scale)} |")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--seeds":
+        seeds([Path(a) for a in sys.argv[2:]])
+    else:
+        main(Path(sys.argv[1]))

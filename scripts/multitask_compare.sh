@@ -4,12 +4,13 @@
 # run trains STEPS steps, the multi-task and curriculum runs 4 x STEPS (the four single runs' total).
 # Validation and test are capped at 1,000 texts per task (seeded sample) to keep evaluations short; SemEval-2017
 # 4A has no test split here, so its test column stays empty. Test splits are read once, after training.
-# Options after STEPS go to every `emotune train` (e.g. `--method full --seed 1`); KINDS="multitask" skips the
+# Options after STEPS go to every `emotune train` (e.g. `--method full --seed 1`); MULTI_SET only to the multi-task
+# and curriculum runs (e.g. MULTI_SET="--set multitask.sampling=round_robin"); KINDS="multitask" skips the
 # curriculum.
-# Usage: [KINDS="multitask curriculum"] bash scripts/multitask_compare.sh DATA_DIR OUT_DIR [STEPS [TRAIN OPTIONS]]
+# Usage: [KINDS=...] [MULTI_SET=...] bash scripts/multitask_compare.sh DATA_DIR OUT_DIR [STEPS [TRAIN OPTIONS]]
 set -euo pipefail
 data=${1:?data dir}; out=${2:?output folder}; steps=${3:-600}; shift $(($# < 3 ? $# : 3)); train=("$@")
-kinds=${KINDS:-multitask curriculum}
+kinds=${KINDS:-multitask curriculum}; read -r -a multi_set <<< "${MULTI_SET:-}"
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 python "$here/benchmarks/machine.py" 2>/dev/null | tee "$out/machine.txt" || true
@@ -33,7 +34,7 @@ PY
 for kind in $kinds; do
   [ -f "$out/$kind/metrics.json" ] && grep -q '"completed": true' "$out/$kind/metrics.json" \
     || emotune train --config "$out/$kind.yaml" --out "$out/$kind" --data-dir "$data" --max-steps $((4 * steps)) \
-         --eval-every $((4 * steps / 6)) --no-progress "${train[@]}"
+         --eval-every $((4 * steps / 6)) --no-progress "${train[@]}" "${multi_set[@]}"
 done
 for run in single-emotion single-polarity single-vad $kinds; do
   python -c "import json,sys; sys.exit('test' in json.load(open('$out/$run/metrics.json')))" \
