@@ -51,27 +51,25 @@ def main(out: Path) -> None:
         print(f"| {name} | {t.get('steps', 0):,} | {t.get('runtime_s', 0) / 60:.1f} |")
 
 
-def ms(values: list[float], scale: float) -> str:
-    from statistics import mean, stdev
-
-    sd = f" ± {scale * stdev(values):.{1 if scale > 1 else 3}f}" if len(values) > 1 else ""
-    return f"{scale * mean(values):.{1 if scale > 1 else 3}f}{sd}" if values else ""
-
-
 def seeds(outs: list[Path]) -> None:
     """Per task and split: single-task and multi-task mean ± sd over seeds, and the per-seed difference's mean ± sd
     (points for classification, r for vad)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from headline_summary import ms  # benchmarks/headline_summary.py: mean ± sd
+
+    multis = [load(o / "multitask") for o in outs]
     print(f"| task | split | single ({len(outs)} seeds) | multi-task | multi − single |")
     print("|---|---|---:|---:|---:|")
     for task, metric in TASKS.items():
-        scale = 1.0 if metric == "pearson" else 100.0
+        scale, digits = (1.0, 3) if metric == "pearson" else (100.0, 1)
+        singles = [load(o / f"single-{task}") for o in outs]
         for split in ("validation", "test"):
-            pairs = [(load(o / f"single-{task}").get(split, {}).get(metric),
-                      load(o / "multitask").get(split, {}).get(task, {}).get(metric)) for o in outs]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            pairs = [(single.get(split, {}).get(metric), multi.get(split, {}).get(task, {}).get(metric))
+                     for single, multi in zip(singles, multis)]
+            pairs = [(scale * a, scale * b) for a, b in pairs if a is not None and b is not None]
             if pairs:
-                print(f"| {task} ({metric}) | {split} | {ms([a for a, _ in pairs], scale)} | "
-                      f"{ms([b for _, b in pairs], scale)} | {ms([b - a for a, b in pairs], scale)} |")
+                print(f"| {task} ({metric}) | {split} | {ms([a for a, _ in pairs], digits)} | "
+                      f"{ms([b for _, b in pairs], digits)} | {ms([b - a for a, b in pairs], digits)} |")
 
 
 if __name__ == "__main__":
