@@ -18,7 +18,7 @@ from emotune.config import RunConfig
 from emotune.errors import ConfigError, DataError
 from emotune.runs import Run
 from emotune.tasks import MultiTask, flat_labels, label_sets
-from emotune.train.multitask import MultiTaskTrainer, sampling_shares
+from emotune.train.multitask import MixedBatch, MultiTaskTrainer, mixed_counts, sampling_shares
 
 from .conftest import tiny_config
 from .test_regression import write_regression_folder
@@ -105,6 +105,71 @@ def test_batches_follow_the_shares_and_hold_one_task(tiny_model, toy_data, tmp_p
             data = train[b.task]
             assert all(i < len(data) for i in b)
     assert counts["emotion"] / sum(counts.values()) == pytest.approx(0.75, abs=0.03)
+
+
+def batch_trainer(cfg: RunConfig, tmp_path, emotion: int = 300, vad: int = 100) -> MultiTaskTrainer:
+    """A trainer over toy encoded data whose model trains nothing: for drawing batches and computing losses."""
+    from emotune.data.encode import Encoded
+
+    train = {"emotion": Encoded([[1, 2]] * emotion, [i % 6 for i in range(emotion)]),
+             "vad": Encoded([[3]] * vad, [[1.0 + i % 3, 2.0] for i in range(vad)])}
+    labels = flat_labels({"emotion": ["a", "b", "c", "d", "e", "f"], "vad": ["V", "A"]})
+    model = torch.nn.Module()
+    model.head = torch.nn.Linear(1, 1)
+    return MultiTaskTrainer(model, train, {}, MultiTask(cfg, labels), cfg, tmp_path / "out", lr=1e-3,
+                            warmup_ratio=0.0, progress=False)
+
+
+def test_mixed_counts_split_a_batch_evenly_or_by_the_shares():
+    gen = torch.Generator().manual_seed(0)
+    shares = {"a": 0.5, "b": 0.3, "c": 0.2}
+    even = [mixed_counts(shares, 8, step, True, gen) for step in range(3)]
+    assert even == [[3, 3, 2], [2, 3, 3], [3, 2, 3]]  # the remainder rows go to each task in turn
+    drawn = torch.tensor([mixed_counts(shares, 10, 0, False, gen) for _ in range(2000)], dtype=torch.float64)
+    assert (drawn.sum(1) == 10).all()
+    assert (drawn.sum(0) / drawn.sum()).tolist() == pytest.approx([0.5, 0.3, 0.2], abs=0.01)
+
+
+def test_mixed_batches_hold_every_task_and_walk_each_tasks_data(tiny_model, toy_data, tmp_path):
+    cfg = api.resolve_config(multitask_config(tiny_model, toy_data, tmp_path, sampling="round_robin", mix=True))
+    trainer = batch_trainer(cfg, tmp_path)
+    batches = trainer.epoch_batches(0)
+    assert len(batches) == trainer.steps_per_epoch == 50  # (300 + 100) rows / batch 8
+    assert all(isinstance(b, MixedBatch) and len(b) == 8 for b in batches)
+    assert all(Counter(name for name, _ in b) == {"emotion": 4, "vad": 4} for b in batches)
+    seen = [i for b in batches for name, i in b if name == "vad"]
+    # 200 vad rows from 100 texts: every text twice, once per reshuffle, the first 100 all distinct
+    assert sorted(seen[:100]) == list(range(100)) and Counter(seen) == {i: 2 for i in range(100)}
+    assert trainer.epoch_batches(0) == batches and trainer.epoch_batches(1) != batches  # seeded per epoch
+    halves = [trainer.split(batches[0], 2, i) for i in range(2)]
+    assert all(isinstance(h, MixedBatch) for h in halves) and sorted(halves[0] + halves[1]) == sorted(batches[0])
+    cfg = api.resolve_config(multitask_config(tiny_model, toy_data, tmp_path, sampling="proportional", mix=True))
+    rows = Counter(name for epoch in range(5) for b in batch_trainer(cfg, tmp_path).epoch_batches(epoch)
+                   for name, _ in b)
+    assert rows["emotion"] / sum(rows.values()) == pytest.approx(0.75, abs=0.03)
+
+
+def test_a_mixed_batch_loss_weighs_each_tasks_mean_loss_by_its_rows_and_weight(tiny_model, toy_data, tmp_path):
+    cfg = multitask_config(tiny_model, toy_data, tmp_path, sampling="round_robin", mix=True)
+    cfg.multitask.tasks[0].weight = 3.0
+    trainer = batch_trainer(api.resolve_config(cfg), tmp_path)
+    batch = MixedBatch([("emotion", 0), ("vad", 5), ("emotion", 7), ("emotion", 2), ("vad", 1)])
+    _, targets = trainer.batch_tensors(batch)
+    assert targets["emotion"].tolist() == [0, 1, 2] and targets["vad"].tolist() == [[3.0, 2.0], [2.0, 2.0]]
+    logits = torch.randn(5, 8)
+    emotion = torch.nn.functional.cross_entropy(logits[[0, 2, 3], :6], torch.tensor([0, 1, 2]))
+    vad = ((logits[[1, 4], 6:] - targets["vad"]) ** 2 / trainer.part_weights["vad"].reciprocal()).mean()
+    assert trainer.loss_of(logits, targets, batch).item() == pytest.approx(3 / 5 * 3.0 * emotion + 2 / 5 * vad,
+                                                                           rel=1e-5)
+
+
+def test_a_mixed_run_trains_with_learned_weights_and_r_drop_and_saves_the_switch(tiny_model, toy_data, tmp_path):
+    cfg = multitask_config(tiny_model, toy_data, tmp_path, sampling="round_robin", mix=True, weighting="uncertainty")
+    cfg.train.rdrop = 1.0
+    m = api.train(cfg, tmp_path / "run", progress=False)
+    assert m["completed"] and set(m["validation"]) >= {"score", "emotion", "vad"}
+    assert all(w != 1.0 for w in m["train"]["learned_loss_weights"].values())
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["multitask"]["mix"] is True
 
 
 def test_a_multitask_run_trains_every_head_and_reloads_with_identical_outputs(tiny_model, toy_data, tmp_path):

@@ -357,6 +357,9 @@ class MultiTaskConfig:
     sampling: str = _f("temperature", "Which task the next training batch comes from: `temperature` (share "
                                       "proportional to size^(1/T)), `proportional` (to size) or `round_robin`.")
     temperature: float = _f(2.0, "T of temperature sampling (1 = proportional; larger evens the tasks out).")
+    mix: bool = _f(False, "Mix the tasks inside each batch: its rows are split between the tasks by their "
+                          "sampling shares (round_robin: equal parts) and its loss is the mean over rows of each "
+                          "row's weighted task loss. False: each batch comes from one task.")
     weighting: str = _f("fixed", "`fixed`: each task's loss times its weight; `uncertainty`: weights learned "
                                  "as exp(-s_k) with a penalty s_k per task (Kendall et al. 2018).")
     stages: list[list[str]] = _f([], "Curriculum: a list of stages, each the task names it adds; a stage "

@@ -1,8 +1,10 @@
 """Training a multi-task run: one shared encoder, a head per task, batches drawn from the tasks' own data.
 
 Each batch comes from one task (temperature, proportional or round-robin sampling, or fixed shares) and
-trains the shared encoder and that task's head. Losses are weighted per task, fixed or learned (uncertainty
-weighting, Kendall et al. 2018, in the common form exp(-s_k) * L_k + s_k). Every evaluation validates every
+trains the shared encoder and that task's head; with ``multitask.mix`` each batch instead holds rows of every
+task in those shares, so one step's gradient weighs the tasks by their loss weights (with one task per batch,
+AdamW's per-parameter normalisation largely cancels a constant weight). Losses are weighted per task, fixed or
+learned (uncertainty weighting, Kendall et al. 2018, in the common form exp(-s_k) * L_k + s_k). Every evaluation validates every
 task on its own validation split; the selection metric is their mean (``tasks.multitask``).
 
 A curriculum (``multitask.stages``) trains stage after stage, each adding tasks and starting from the
@@ -45,6 +47,29 @@ class TaskBatch(list):
         self.task = task
 
 
+class MixedBatch(list):
+    """(task, index into that task's training data) rows: a batch of several tasks (``multitask.mix``)."""
+
+    def by_task(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Per task: its rows' positions in the batch and their indices into the task's data."""
+        groups: dict[str, tuple[list[int], list[int]]] = {}
+        for pos, (name, i) in enumerate(self):
+            rows, idx = groups.setdefault(name, ([], []))
+            rows.append(pos)
+            idx.append(i)
+        return groups
+
+
+def mixed_counts(shares: dict[str, float], size: int, step: int, even: bool, gen: torch.Generator) -> list[int]:
+    """How many rows of each task a mixed batch of ``size`` holds: equal parts (``even``; the remainder goes to
+    tasks in turn, by step), else drawn by the shares."""
+    n = len(shares)
+    if even:
+        return [size // n + ((i - step) % n < size % n) for i in range(n)]
+    probs = torch.tensor(list(shares.values()), dtype=torch.float64)
+    return torch.bincount(torch.multinomial(probs, size, True, generator=gen), minlength=n).tolist()
+
+
 def sampling_shares(cfg: RunConfig, sizes: dict[str, int]) -> dict[str, float]:
     """Each task's share of training batches: its fixed ``share``, the rest split by size^(1/T) (T = 1 for
     proportional sampling)."""
@@ -80,6 +105,7 @@ class MultiTaskTrainer(Trainer):
         self.train_sets, self.val_sets = train, validation
         self.shares = sampling_shares(cfg, {n: len(e) for n, e in train.items()})
         self.round_robin = cfg.multitask.sampling == "round_robin"
+        self.mix = cfg.multitask.mix
         self.index = {p.name: i for i, p in enumerate(task.parts)}
         self.part_weights = {
             p.name: p.task.loss_weights(cfg.train.class_weights if p.task.name == "classification" else None,
@@ -104,6 +130,8 @@ class MultiTaskTrainer(Trainer):
                     group_by_length=self.cfg.group_by_length)][::-1]
             return pools[name].pop()
 
+        if self.mix:
+            return self.mixed_batches(names, gen)
         if self.round_robin:
             order = [names[i % len(names)] for i in range(self.steps_per_epoch)]
         else:
@@ -111,14 +139,46 @@ class MultiTaskTrainer(Trainer):
             order = [names[i] for i in torch.multinomial(probs, self.steps_per_epoch, True, generator=gen).tolist()]
         return [next_batch(n) for n in order]
 
-    def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
-        data = self.task_data(idx.task)  # type: ignore[attr-defined]
-        batch = {k: v.to(self.device) for k, v in collate([data.ids[i] for i in idx], self.pad_id,
-                                                          self.cfg.pad_multiple).items()}
-        return batch, torch.tensor([data.labels[i] for i in idx], device=self.device)
+    def mixed_batches(self, names: list[str], gen: torch.Generator) -> list[list[int]]:
+        """An epoch of mixed batches (not grouped by length): each task's rows come from its own reshuffled data."""
+        pools: dict[str, list[int]] = {n: [] for n in names}
 
-    def loss_of(self, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        name = idx.task  # type: ignore[attr-defined]
+        def take(name: str, k: int) -> list[tuple[str, int]]:
+            rows = []
+            while len(rows) < k:
+                if not pools[name]:
+                    pools[name] = torch.randperm(len(self.task_data(name)), generator=gen).tolist()
+                rows.append((name, pools[name].pop()))
+            return rows
+
+        out = []
+        for step in range(self.steps_per_epoch):
+            counts = mixed_counts({n: self.shares[n] for n in names}, self.cfg.batch_size, step, self.round_robin,
+                                  gen)
+            out.append(MixedBatch([row for n, k in zip(names, counts) for row in take(n, k)]))
+        return out
+
+    def batch_tensors(self, idx: list[int]) -> tuple[dict, torch.Tensor | dict[str, torch.Tensor]]:
+        """A mixed batch's targets are per task (their shapes differ between task types)."""
+        if isinstance(idx, MixedBatch):
+            ids = [self.task_data(name).ids[i] for name, i in idx]
+            targets = {name: torch.tensor([self.task_data(name).labels[i] for i in rows], device=self.device)
+                       for name, (_, rows) in idx.by_task().items()}
+        else:
+            data = self.task_data(idx.task)  # type: ignore[attr-defined]
+            ids = [data.ids[i] for i in idx]
+            targets = torch.tensor([data.labels[i] for i in idx], device=self.device)
+        batch = {k: v.to(self.device) for k, v in collate(ids, self.pad_id, self.cfg.pad_multiple).items()}
+        return batch, targets
+
+    def loss_of(self, logits: torch.Tensor, targets, idx: list[int]) -> torch.Tensor:
+        if isinstance(idx, MixedBatch):  # each task's mean loss weighted by its share of the rows
+            return sum(len(pos) / len(idx) * self.task_loss(name, logits[pos], targets[name], rows)
+                       for name, (pos, rows) in idx.by_task().items())
+        return self.task_loss(idx.task, logits, targets, idx)  # type: ignore[attr-defined]
+
+    def task_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """One task's weighted loss over its rows (``idx``: their indices into the task's data)."""
         part = self.task.part(name)
         kind = self.cfg.loss if self.cfg.loss in part.task.losses else None
         if name in self.distills:
@@ -133,11 +193,18 @@ class MultiTaskTrainer(Trainer):
         return part.weight * loss
 
     def consistency(self, a: torch.Tensor, b: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        name = idx.task  # type: ignore[attr-defined]
+        if isinstance(idx, MixedBatch):
+            return sum(len(pos) / len(idx) * self.task_consistency(name, a[pos], b[pos])
+                       for name, (pos, _) in idx.by_task().items())
+        return self.task_consistency(idx.task, a, b)  # type: ignore[attr-defined]
+
+    def task_consistency(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         part = self.task.part(name)
         return part.task.consistency(a[:, part.columns], b[:, part.columns], self.part_weights[name])
 
     def split(self, idx: list[int], n: int, i: int) -> list[int]:
+        if isinstance(idx, MixedBatch):
+            return MixedBatch(idx[i::n])
         return TaskBatch(super().split(idx, n, i), idx.task)  # type: ignore[attr-defined]
 
     def evaluate(self) -> dict:
