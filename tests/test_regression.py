@@ -77,6 +77,19 @@ def test_huber_loss_is_linear_beyond_one_standard_deviation():
     assert torch.equal(REGRESSION.loss(pred, gold, weight), REGRESSION.loss(pred, gold, weight, "mse"))
 
 
+def test_ccc_loss_is_one_minus_the_concordance_correlation_per_target():
+    gen = torch.Generator().manual_seed(0)
+    pred, gold = torch.randn(16, 3, generator=gen), torch.randn(16, 3, generator=gen) * 2 + 1
+    loss = REGRESSION.loss(pred, gold, None, "ccc")
+    x, y = pred.double().numpy(), gold.double().numpy()
+    ccc = [2 * np.cov(x[:, k], y[:, k], bias=True)[0, 1] / (x[:, k].var() + y[:, k].var()
+                                                            + (x[:, k].mean() - y[:, k].mean()) ** 2) for k in range(3)]
+    assert loss.item() == pytest.approx(1 - np.mean(ccc), rel=1e-5)
+    assert REGRESSION.loss(gold, gold, None, "ccc").item() == pytest.approx(0.0, abs=1e-6)  # perfect agreement
+    # r = 1 but on the wrong scale and mean: CCC still asks for more, unlike a correlation loss
+    assert REGRESSION.loss(gold / 2 + 3, gold, None, "ccc").item() > 0.3
+
+
 def test_huber_trains_regression_and_is_refused_elsewhere(tiny_model, toy_data, tmp_path):
     from emotune.errors import ConfigError
 
@@ -87,6 +100,8 @@ def test_huber_trains_regression_and_is_refused_elsewhere(tiny_model, toy_data, 
                                                          "train.loss": "huber", "train.max_steps": 5})
     m = api.train(cfg, tmp_path / "run", progress=False)
     assert m["completed"] and Run.open(tmp_path / "run").config.train.loss == "huber"
+    m = api.train(cfg.with_values({"train.loss": "ccc"}), tmp_path / "ccc", progress=False)
+    assert m["completed"] and Run.open(tmp_path / "ccc").config.train.loss == "ccc"
     with pytest.raises(ConfigError, match="does not apply to classification"):
         api.train(tiny_config(tiny_model, toy_data).with_values({"train.loss": "huber"}), tmp_path / "c",
                   progress=False)

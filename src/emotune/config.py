@@ -194,10 +194,11 @@ class TrainConfig:
                                          "count), as scikit-learn's class_weight='balanced' (lifts the recall "
                                          "of rare classes, i.e. macro recall); None: plain cross-entropy. "
                                          "Validation loss stays unweighted.")
-    loss: str | None = _f(None, "Regression loss: `mse` (None: the default) or `huber` (delta 1 on targets "
+    loss: str | None = _f(None, "Regression loss: `mse` (None: the default), `huber` (delta 1 on targets "
                                 "standardised by their training spread: errors beyond one standard deviation "
-                                "count linearly, so outliers pull less). Classification and multi-label "
-                                "have one loss each.")
+                                "count linearly, so outliers pull less) or `ccc` (1 - the batch's concordance "
+                                "correlation per target: correlation, mean and spread at once; wants batches of "
+                                "8 or more). Classification and multi-label have one loss each.")
     mixout: float = _f(0.0, "Mixout probability p (Lee et al. 2020): during full fine-tuning of a pretrained "
                             "encoder, each weight of its linear layers is swapped for its pretrained value with "
                             "probability p (rescaled so its expectation is unchanged). 0: off.")
@@ -288,8 +289,8 @@ class TrainConfig:
         if self.deepspeed is not None and not isinstance(self.deepspeed, str):
             raise ConfigError(f"train.deepspeed must be the path of a DeepSpeed JSON config or null, "
                               f"got {self.deepspeed!r}")
-        if self.loss not in (None, "mse", "huber"):
-            raise ConfigError(f"train.loss must be mse, huber or null, got {self.loss!r}")
+        if self.loss not in (None, "mse", "huber", "ccc"):
+            raise ConfigError(f"train.loss must be mse, huber, ccc or null, got {self.loss!r}")
 
 
 def _number(name: str, value: Any, optional: bool) -> bool:

@@ -2,7 +2,8 @@
 
 The head predicts on the targets' own scale around their training mean; the loss is the mean squared error (or,
 with ``train.loss=huber``, the Huber loss) of targets standardised by their training spread (each target weighs
-the same whatever its scale); Pearson r selects checkpoints."""
+the same whatever its scale), or with ``train.loss=ccc`` one minus the batch's concordance correlation (Lin 1989),
+which rewards correlation and agreement of mean and spread together; Pearson r selects checkpoints."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class Regression(Task):
     name = "regression"
     default_metric = "pearson"
     metrics_higher_is_better = {"pearson": True, "spearman": True, "mse": False, "mae": False}
-    losses = ("mse", "huber")
+    losses = ("mse", "huber", "ccc")
 
     def head(self, in_features: int, num_outputs: int) -> nn.Module:
         return RegressionHead(in_features, num_outputs)
@@ -84,7 +85,13 @@ class Regression(Task):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
              kind: str | None = None) -> torch.Tensor:
         """Squared (or Huber, delta 1) error of the targets standardised by their training spread (``weight``
-        = 1 / variance per target, from ``loss_weights``)."""
+        = 1 / variance per target, from ``loss_weights``), or 1 - CCC per target over the batch, averaged."""
+        if kind == "ccc":  # scale-free: the standardisation would cancel out
+            x, y = logits.float(), targets.float()
+            mx, my = x.mean(0), y.mean(0)
+            cov = ((x - mx) * (y - my)).mean(0)
+            ccc = 2 * cov / (x.var(0, unbiased=False) + y.var(0, unbiased=False) + (mx - my) ** 2 + 1e-8)
+            return (1 - ccc).mean()
         err = logits.float() - targets.float()
         if weight is not None:
             err = err * weight.sqrt()
