@@ -3,9 +3,10 @@
 Each batch comes from one task (temperature, proportional or round-robin sampling, or fixed shares) and
 trains the shared encoder and that task's head; with ``multitask.mix`` each batch instead holds rows of every
 task in those shares, so one step's gradient weighs the tasks by their loss weights (with one task per batch,
-AdamW's per-parameter normalisation largely cancels a constant weight). Losses are weighted per task, fixed or
-learned (uncertainty weighting, Kendall et al. 2018, in the common form exp(-s_k) * L_k + s_k). Every evaluation validates every
-task on its own validation split; the selection metric is their mean (``tasks.multitask``).
+AdamW's per-parameter normalisation largely cancels a constant weight); mixed batches are not grouped by length.
+Losses are weighted per task, fixed or learned (uncertainty weighting, Kendall et al. 2018, in the common form
+exp(-s_k) * L_k + s_k). Every evaluation validates every task on its own validation split; the selection metric is
+their mean (``tasks.multitask``).
 
 A curriculum (``multitask.stages``) trains stage after stage, each adding tasks and starting from the
 previous stage's best weights, in ``<run>/stages/<k>/`` (each resumable like any run); the run's budget
@@ -140,7 +141,7 @@ class MultiTaskTrainer(Trainer):
         return [next_batch(n) for n in order]
 
     def mixed_batches(self, names: list[str], gen: torch.Generator) -> list[list[int]]:
-        """An epoch of mixed batches (not grouped by length): each task's rows come from its own reshuffled data."""
+        """An epoch of mixed batches: each task's rows come from its own reshuffled data."""
         pools: dict[str, list[int]] = {n: [] for n in names}
 
         def take(name: str, k: int) -> list[tuple[str, int]]:
