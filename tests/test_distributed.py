@@ -4,6 +4,7 @@ line."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import torch.distributed as dist
+
+from emotune.train import distributed
 from emotune.train.distributed import Processes
 
 from .conftest import tiny_config
@@ -47,6 +51,25 @@ def still_model(tiny_model, tmp_path_factory) -> str:
     cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (folder / "config.json").write_text(json.dumps(cfg))
     return str(folder)
+
+
+def test_the_process_group_emotune_joins_is_destroyed_at_exit(monkeypatch, tmp_path):
+    """Left to the interpreter's teardown, a gloo group can abort a finished process (SIGABRT) and fail its
+    launcher's whole run: emotune destroys it in an exit handler, registered once."""
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", lambda f: registered.remove(f) if f in registered else None)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        distributed.close_at_exit()
+        distributed.close_at_exit()
+        assert len(registered) == 1
+        registered[0]()
+        assert not dist.is_initialized()
+        registered[0]()  # already gone: a no-op
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_shards_cover_a_batch_once_and_weights_add_up():

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from .distributed import close_at_exit
 
 # What `accelerate launch --use_deepspeed --deepspeed_config_file F` sets (accelerate/utils/launch.py).
 USE_ENV, FILE_ENV = "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE"
@@ -142,6 +143,7 @@ def _process_group(device: torch.device) -> None:
         port = s.getsockname()[1]
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
                             rank=0, world_size=1)
+    close_at_exit()
 
 
 class DeepSpeedStep:

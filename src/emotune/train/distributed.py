@@ -17,7 +17,9 @@ one process count resumes under any other.
 
 from __future__ import annotations
 
+import atexit
 import os
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
@@ -128,8 +130,26 @@ def processes() -> Processes:
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if cuda else "gloo")
+            close_at_exit()
         _PROCESSES = Processes(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else Processes()
     return _PROCESSES
+
+
+def _close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        # gloo's worker threads drop a finished collective's tensors after the caller's wait returned, and need
+        # the GIL to do it; a process that exits straight after its last collective can reach the interpreter's
+        # teardown first, where such a thread aborts the process ("terminate called without an active
+        # exception", SIGABRT). Giving up the GIL here lets them finish.
+        time.sleep(0.2)
+
+
+def close_at_exit() -> None:
+    """Destroy the process group emotune joined, and let its threads let go of their last tensors, before the
+    interpreter's teardown (see ``_close``). Registered once; a no-op when the group is already gone."""
+    atexit.unregister(_close)
+    atexit.register(_close)
 
 
 def local_device(name: str) -> str:
