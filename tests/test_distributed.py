@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch.distributed as dist
 
 from emotune.train import distributed
