@@ -92,14 +92,33 @@ def test_refusals_are_one_line(tiny_model, toy_data, tmp_path, cache):
     cfg.data.name, cfg.data.target_columns = str(reg), ["V", "A"]
     with pytest.raises(ConfigError, match="is a classification run; the student is a regression run"):
         api.train(cfg, tmp_path / "bad", progress=False)
-    with pytest.raises(ConfigError, match="augmented copies have no teacher outputs"):
-        bad = tiny_config(tiny_model, toy_data, "full", max_steps=4, teacher=[str(teacher)])
-        bad.data.augment = {"synonym": 0.1}
-        api.train(bad, tmp_path / "bad2", progress=False)
     with pytest.raises(ConfigError, match="needs train.teacher"):
         tiny_config(tiny_model, toy_data, "full", distill_unlabeled="x.txt").train.validate()
     with pytest.raises(ConfigError, match="distill_alpha"):
         tiny_config(tiny_model, toy_data, "full", distill_alpha=1.5).train.validate()
+
+
+def test_augmented_copies_are_made_once_and_labelled_by_the_teacher(tiny_model, toy_data, tmp_path, cache):
+    from emotune.data import load_data
+    from emotune.inference.predictor import Predictor
+    from emotune.io import load_tensors
+    from emotune.train.augment import copies_once
+
+    teacher = tmp_path / "teacher"
+    api.train(tiny_config(tiny_model, toy_data, "full", max_steps=4), teacher, progress=False)
+    cfg = tiny_config(tiny_model, toy_data, "full", max_steps=4, teacher=[str(teacher)], seed=3)
+    cfg.data.augment = {"copies": 2, "swap": 0.5, "delete": 0.3}
+    m = api.train(cfg, tmp_path / "student", progress=False)["train"]
+    texts = list(load_data(cfg.data, 3)["train"].texts)
+    copies = copies_once(texts, cfg.data.augment, 3)
+    assert copies == copies_once(texts, cfg.data.augment, 3) and copies != copies_once(texts, cfg.data.augment, 4)
+    assert len(copies) == 2 * len(texts) and sum(c != t for c, t in zip(copies, texts * 2)) > len(texts)
+    # The copies are extra rows labelled by the teacher on the copy itself; no fresh copies per epoch.
+    assert m["teacher_labelled_copies"] == len(copies) and "augmented_copies" not in m
+    (cached,) = (cache / "teachers").glob("*.safetensors")
+    logits = load_tensors(cached)[0]["logits"]
+    assert logits.shape[0] == 3 * len(texts)
+    assert torch.allclose(logits[len(texts):], Predictor(teacher).logits(copies), atol=1e-5)
 
 
 def test_a_multitask_student_learns_each_task_from_a_multitask_teacher(tiny_model, toy_data, tmp_path, cache):
@@ -119,3 +138,7 @@ def test_a_multitask_student_learns_each_task_from_a_multitask_teacher(tiny_mode
     cfg.train.teacher = [str(single)]
     with pytest.raises(ConfigError, match="single-task teacher cannot teach a multi-task student"):
         api.train(cfg, tmp_path / "bad", progress=False)
+    cfg.train.teacher = [str(teacher)]
+    cfg.multitask.tasks[0].data.augment = {"swap": 0.1}
+    with pytest.raises(ConfigError, match="augmented copies of a single-task run only"):
+        api.train(cfg, tmp_path / "bad2", progress=False)

@@ -112,8 +112,9 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
     assert cfg.train.lr is not None and cfg.train.warmup_ratio is not None
     from .train.augment import epoch_augmenter
 
-    augment = epoch_augmenter(texts, labels, tokenizer, cfg.data.max_length,
-                              cfg.data.augment, cfg.train.seed, encoded=enc_train)
+    # With a teacher, data.augment's copies were made once and are already among the rows (_teaching).
+    augment = None if distill is not None else epoch_augmenter(
+        texts, labels, tokenizer, cfg.data.max_length, cfg.data.augment, cfg.train.seed, encoded=enc_train)
     trainer = Trainer(model, enc_train, enc_val, data.label_names, cfg.train, out, lr=cfg.train.lr,
                       warmup_ratio=cfg.train.warmup_ratio, pad_id=tokenizer.pad_token_id or 0,
                       progress=progress, on_step=on_step, on_evaluate=on_evaluate,
@@ -141,22 +142,25 @@ def _train_into(cfg: RunConfig, out: Path, progress: bool, on_step, on_evaluate)
 
 
 def _teaching(cfg: RunConfig, texts: list[str], labels: list, label_names: list[str], task, progress: bool):
-    """The training rows with ``train.distill_unlabeled``'s texts appended (their placeholder labels never
-    count: they are marked as having no gold label), the loop's Distillation and what the run records."""
+    """The training rows with ``train.distill_unlabeled``'s texts and data.augment's copies (made once) appended
+    (their placeholder labels never count: they are marked as having no gold label, so the teachers alone label
+    them), the loop's Distillation and what the run records."""
     from .data.base import read_text
+    from .train.augment import copies_once
     from .train.distill import Distillation
     from .workflows.teacher import teacher_targets
 
     extra = [t for t in read_text(Path(cfg.train.distill_unlabeled).expanduser()) if t.strip()] \
         if cfg.train.distill_unlabeled else []
-    gold = [True] * len(texts) + [False] * len(extra)
-    texts, labels = texts + extra, labels + [labels[0]] * len(extra)
+    copies = copies_once(texts, cfg.data.augment, cfg.train.seed) if cfg.data.augment else []
+    gold = [True] * len(texts) + [False] * (len(extra) + len(copies))
+    texts, labels = texts + extra + copies, labels + [labels[0]] * (len(extra) + len(copies))
     soft, record = teacher_targets(cfg.train.teacher, texts, label_names, task, cfg.train.distill_temperature,
                                    progress)
     distill = Distillation(soft, torch.tensor(gold), cfg.train.distill_alpha, cfg.train.distill_temperature)
     return texts, labels, distill, {**record, "distill_alpha": cfg.train.distill_alpha,
                                     "distill_temperature": cfg.train.distill_temperature,
-                                    "unlabeled_texts": len(extra)}
+                                    "unlabeled_texts": len(extra), "teacher_labelled_copies": len(copies)}
 
 
 def predict(run_dir: str | Path, texts: Sequence[str], min_confidence: float | None = None, **kw) -> list[dict]:

@@ -65,7 +65,8 @@ class DataConfig:
                                      "copies every epoch: {copies: 1, synonym: 0.1, insert: 0.1, swap: 0.1, "
                                      "delete: 0.1}; each rate is the share of a text's words changed by that "
                                      "operation; synonyms are GloVe neighbours that do not flip NRC polarity. "
-                                     "Empty: no augmentation.")
+                                     "With train.teacher: the copies are made once and learn the teachers' "
+                                     "outputs on them only. Empty: no augmentation.")
 
     def __post_init__(self) -> None:
         if isinstance(self.test_files, str):  # `--set data.test_files=gold.tsv`

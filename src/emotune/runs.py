@@ -280,9 +280,9 @@ def check_switches(cfg: RunConfig, method: str, classic: bool, trains: bool = Tr
             raise ConfigError(f"train.teacher: method {method} does not train, so there is no student to teach")
         if cfg.is_multitask and cfg.train.distill_unlabeled:
             raise ConfigError("train.distill_unlabeled: unlabeled texts belong to no task of a multi-task run")
-        if cfg.data.augment or (cfg.is_multitask and any(t.data.augment for t in cfg.multitask.tasks)):
-            raise ConfigError("train.teacher with data.augment: augmented copies have no teacher outputs; "
-                              "use train.distill_unlabeled for extra texts")
+        if cfg.is_multitask and any(t.data.augment for t in cfg.multitask.tasks):
+            raise ConfigError("train.teacher with data.augment in a multi-task run: the teachers label "
+                              "augmented copies of a single-task run only")
 
 
 def build_model(cfg: RunConfig, num_labels: int, *, texts: list[str] | None = None,

