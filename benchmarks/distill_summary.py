@@ -1,10 +1,12 @@
-"""The table of scripts/distill.sh: teacher, distilled student and plain student side by side.
+"""The table of scripts/distill.sh or experiments/distill-mr.yaml: teacher, distilled students and plain student
+side by side.
 
     python benchmarks/distill_summary.py RUNS_DIR
 
-Prints, as Markdown, per run folder of RUNS_DIR that has test figures: validation and test accuracy, test
-weighted F1, test ECE / Brier / NLL after → before calibration, steps to best, training time and the teacher
-pass (from each run's metrics.json), and the faithfulness line of RUNS_DIR/faithfulness.txt when present.
+Prints, as Markdown, per run folder under RUNS_DIR (grid cells included): validation and test accuracy, test
+weighted F1, test ECE / Brier / NLL after → before calibration ("-" for a run never evaluated on test), steps
+to best, training time, the teacher pass and the teacher-labelled copies (from each run's metrics.json), and the
+faithfulness line of RUNS_DIR/faithfulness.txt when present.
 """
 
 from __future__ import annotations
@@ -24,22 +26,21 @@ def cell(metrics: dict, name: str, pct: bool = False) -> str:
 def main() -> None:
     root = Path(sys.argv[1])
     print("| run | params | val acc | test acc | test F1 (w) | test ECE % (before) | test Brier (before) | "
-          "test NLL (before) | steps to best | training min | teacher pass min |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()):
-        m = json.loads((folder / "metrics.json").read_text())
-        if "test" not in m:
-            continue
-        val, test, train = m.get("validation", {}), m["test"], m.get("train", {})
+          "test NLL (before) | steps to best | training min | teacher pass min | teacher-labelled copies |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for path in sorted(root.rglob("metrics.json")):
+        m = json.loads(path.read_text())
+        val, test, train = m.get("validation", {}), m.get("test", {}), m.get("train", {})
 
         def pair(name: str, pct: bool = False) -> str:
             after, before = cell(test, name, pct), cell(test, f"{name}_uncalibrated", pct)
             return after if before == "-" else f"{after} ({before})"
 
-        print(f"| {folder.name} | {train.get('total_params', 0) / 1e6:.1f}M | {cell(val, 'accuracy', True)} | "
+        print(f"| {path.parent.relative_to(root)} | {train.get('total_params', 0) / 1e6:.1f}M | {cell(val, 'accuracy', True)} | "
               f"{cell(test, 'accuracy', True)} | {cell(test, 'f1_weighted', True)} | {pair('ece', True)} | "
               f"{pair('brier')} | {pair('nll')} | {train.get('best_step', '-')} | "
-              f"{train.get('runtime_s', 0) / 60:.1f} | {train.get('teacher_pass_s', 0) / 60:.1f} |")
+              f"{train.get('runtime_s', 0) / 60:.1f} | {train.get('teacher_pass_s', 0) / 60:.1f} | "
+              f"{train.get('teacher_labelled_copies', 0):,} |")
     faith = root / "faithfulness.txt"
     if faith.is_file():
         print()
