@@ -36,8 +36,8 @@ def main() -> None:
             after, before = cell(test, name, pct), cell(test, f"{name}_uncalibrated", pct)
             return after if before == "-" else f"{after} ({before})"
 
-        print(f"| {path.parent.relative_to(root)} | {train.get('total_params', 0) / 1e6:.1f}M | {cell(val, 'accuracy', True)} | "
-              f"{cell(test, 'accuracy', True)} | {cell(test, 'f1_weighted', True)} | {pair('ece', True)} | "
+        print(f"| {path.parent.relative_to(root)} | {train.get('total_params', 0) / 1e6:.1f}M | "
+              f"{cell(val, 'accuracy', True)} | {cell(test, 'accuracy', True)} | {cell(test, 'f1_weighted', True)} | {pair('ece', True)} | "
               f"{pair('brier')} | {pair('nll')} | {train.get('best_step', '-')} | "
               f"{train.get('runtime_s', 0) / 60:.1f} | {train.get('teacher_pass_s', 0) / 60:.1f} | "
               f"{train.get('teacher_labelled_copies', 0):,} |")
