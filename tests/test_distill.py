@@ -61,7 +61,8 @@ def test_a_student_learns_from_a_cached_teacher_and_records_it(tiny_model, toy_d
     unlabeled.write_text("i feel glad\nso scared tonight\n\nwhat a lovely day\n")
     cfg.train.distill_unlabeled = str(unlabeled)
     m = api.train(cfg, tmp_path / "student3", progress=False)["train"]
-    assert m["unlabeled_texts"] == 3 and m["teacher_passes"] == 1  # other texts: a new teacher pass
+    # The training texts' outputs come from the cache; the new texts need a teacher pass.
+    assert m["unlabeled_texts"] == 3 and (m["teacher_passes"], m["teacher_passes_cached"]) == (1, 1)
 
 
 def test_a_regression_student_and_an_ensemble_teacher(tiny_model, tmp_path, cache):
@@ -115,10 +116,11 @@ def test_augmented_copies_are_made_once_and_labelled_by_the_teacher(tiny_model, 
     assert len(copies) == 2 * len(texts) and sum(c != t for c, t in zip(copies, texts * 2)) > len(texts)
     # The copies are extra rows labelled by the teacher on the copy itself; no fresh copies per epoch.
     assert m["teacher_labelled_copies"] == len(copies) and "augmented_copies" not in m
-    (cached,) = (cache / "teachers").glob("*.safetensors")
-    logits = load_tensors(cached)[0]["logits"]
-    assert logits.shape[0] == 3 * len(texts)
-    assert torch.allclose(logits[len(texts):], Predictor(teacher).logits(copies), atol=1e-5)
+    # The training texts and the copies are cached apart: a student with other extra texts reuses the former.
+    assert (m["teacher_passes"], m["teacher_passes_cached"]) == (2, 0)
+    cached = {len(t): t for t in (load_tensors(f)[0]["logits"] for f in (cache / "teachers").glob("*.safetensors"))}
+    assert set(cached) == {len(texts), 2 * len(texts)}
+    assert torch.allclose(cached[2 * len(texts)], Predictor(teacher).logits(copies), atol=1e-5)
 
 
 def test_a_multitask_student_learns_each_task_from_a_multitask_teacher(tiny_model, toy_data, tmp_path, cache):

@@ -153,10 +153,10 @@ def _teaching(cfg: RunConfig, texts: list[str], labels: list, label_names: list[
     extra = [t for t in read_text(Path(cfg.train.distill_unlabeled).expanduser()) if t.strip()] \
         if cfg.train.distill_unlabeled else []
     copies = copies_once(texts, cfg.data.augment, cfg.train.seed) if cfg.data.augment else []
+    soft, record = teacher_targets(cfg.train.teacher, [texts, extra, copies], label_names, task,
+                                   cfg.train.distill_temperature, progress)
     gold = [True] * len(texts) + [False] * (len(extra) + len(copies))
     texts, labels = texts + extra + copies, labels + [labels[0]] * (len(extra) + len(copies))
-    soft, record = teacher_targets(cfg.train.teacher, texts, label_names, task, cfg.train.distill_temperature,
-                                   progress)
     distill = Distillation(soft, torch.tensor(gold), cfg.train.distill_alpha, cfg.train.distill_temperature)
     return texts, labels, distill, {**record, "distill_alpha": cfg.train.distill_alpha,
                                     "distill_temperature": cfg.train.distill_temperature,

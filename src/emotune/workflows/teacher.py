@@ -84,16 +84,20 @@ def teacher_logits(run: Run, sha: str | None, texts: Sequence[str],
     return logits, time.perf_counter() - start
 
 
-def teacher_targets(paths: Sequence[str], texts: Sequence[str], label_names: list[str], task: Task,
+def teacher_targets(paths: Sequence[str], groups: Sequence[Sequence[str]], label_names: list[str], task: Task,
                     temperature: float, progress: bool = True) -> tuple[torch.Tensor, dict]:
-    """Each text's distillation target (the teachers' softened probabilities or values, averaged) and what the
-    student records of its teachers."""
+    """Each text's distillation target (the teachers' softened probabilities or values, averaged), in the order
+    of ``groups`` (the training texts, then extra ones), and what the student records of its teachers. Each group
+    is cached on its own, so the training texts' outputs are reused whatever extra texts a student adds."""
     teachers = teacher_runs(paths, label_names, task)
     logits, seconds = [], []
     for run, sha in teachers:
-        got, s = teacher_logits(run, sha, texts, progress)
-        logits.append(got)
-        seconds.append(s)
+        parts = []
+        for texts in (g for g in groups if g):
+            got, s = teacher_logits(run, sha, texts, progress)
+            parts.append(got)
+            seconds.append(s)
+        logits.append(torch.cat(parts))
     return task.soften(logits, temperature), _record(teachers, seconds)
 
 
